@@ -1,0 +1,482 @@
+"""Incremental compiler: cluster events in, changed groups and node rules out.
+
+Every event updates indexes in time proportional to what it touches (the selectors that could
+match a pod's labels, the pods of one namespace), never a rescan of the cluster. The compiler
+only records *which* groups and nodes changed; their contents are materialized on demand by
+``group()`` and ``node_rules()``, so a burst of events costs one materialization per consumer.
+
+It does no I/O: the operator feeds it watch events and publishes what ``take_changes()``
+reports; the CLI feeds it files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from controller.compiler.ir import (
+    AddressGroup,
+    CompiledPolicy,
+    Group,
+    LocalPod,
+    NodeRules,
+    PortGroup,
+    PortRange,
+    Rule,
+)
+from controller.compiler.peers import (
+    AnyPeer,
+    BlockPeer,
+    Peer,
+    PodPeer,
+    address_group_name,
+    block_ranges,
+    normalize_peer,
+    peer_matches_pod,
+    port_group_name,
+)
+from controller.compiler.selector_index import SelectorIndex
+from controller.model import (
+    Direction,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Pod,
+    PolicyRule,
+    Protocol,
+)
+from controller.model.config import DefaultDeny
+from controller.model.namespaces import default_deny_directions, namespace_labels
+from controller.model.pod import IPAddress
+
+ALL_PORTS = (0, 65535)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Names of groups and nodes whose compiled form may differ since the last call."""
+
+    groups: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.groups or self.nodes)
+
+
+@dataclass
+class _PeerState:
+    peer: Peer
+    address_group: str | None = None
+    port_groups: set[str] = field(default_factory=set)
+    # Pod keys of members, tracked only where membership matters (see ``tracks_members``).
+    members: set[str] = field(default_factory=set)
+
+    @property
+    def tracks_members(self) -> bool:
+        return isinstance(self.peer, PodPeer) or bool(self.port_groups)
+
+    def group_names(self) -> set[str]:
+        names = set(self.port_groups)
+        if self.address_group is not None:
+            names.add(self.address_group)
+        return names
+
+
+@dataclass
+class _GroupState:
+    peer: Peer
+    refs: int = 0
+    port: tuple[str, Protocol] | None = None  # (name, protocol) for port groups
+
+
+@dataclass(frozen=True)
+class _PolicyCode:
+    ingress: tuple[Rule, ...]
+    egress: tuple[Rule, ...]
+    groups: tuple[str, ...]  # every group acquired, with repetition, released on removal
+
+
+def _relevant(pod: Pod) -> tuple[object, ...]:
+    """The fields of a pod that can change compiled output (status churn is ignored)."""
+    return (pod.labels, pod.addresses, pod.node, pod.ports)
+
+
+class Compiler:
+    def __init__(self, default_deny: DefaultDeny | None = None) -> None:
+        self._default_deny = default_deny or DefaultDeny()
+        self._namespaces: dict[str, Namespace] = {}
+        self._nodes: dict[str, Node] = {}
+        self._pods: dict[str, Pod] = {}
+        self._pods_by_ns: dict[str, set[str]] = {}
+        self._pods_by_node: dict[str, set[str]] = {}
+        self._policies: dict[str, NetworkPolicy] = {}
+        self._policy_code: dict[str, _PolicyCode] = {}
+        self._policy_index: dict[str, SelectorIndex[str]] = {}
+        self._selected: dict[str, set[str]] = {}
+        self._pod_policies: dict[str, set[str]] = {}
+        self._peers: dict[Peer, _PeerState] = {}
+        self._peer_index: dict[str, SelectorIndex[Peer]] = {}  # PodPeers of one namespace
+        self._ns_peers: set[Peer] = set()  # PodPeers with a namespace selector
+        self._ns_peers_matching: dict[str, set[Peer]] = {}  # namespace -> those that match it
+        self._scan_peers: set[Peer] = set()  # ipBlock/any peers that track pod members
+        self._groups: dict[str, _GroupState] = {}
+        self._dirty_groups: set[str] = set()
+        self._dirty_nodes: set[str] = set()
+
+    # ---- outputs -------------------------------------------------------------------------
+
+    def take_changes(self) -> Changes:
+        changes = Changes(frozenset(self._dirty_groups), frozenset(self._dirty_nodes))
+        self._dirty_groups = set()
+        self._dirty_nodes = set()
+        return changes
+
+    def group_names(self) -> list[str]:
+        return sorted(self._groups)
+
+    def node_names(self) -> list[str]:
+        return sorted(set(self._nodes) | {n for n, pods in self._pods_by_node.items() if pods})
+
+    def group(self, name: str) -> Group | None:
+        state = self._groups.get(name)
+        if state is None:
+            return None
+        peer = state.peer
+        members = self._peers[peer].members
+        if state.port is not None:
+            port_name, protocol = state.port
+            pairs: set[tuple[IPAddress, int]] = set()
+            for key in members:
+                pod = self._pods[key]
+                number = pod.named_port(port_name, protocol)
+                if number is not None:
+                    pairs.update((ip, number) for ip in pod.addresses)
+            return PortGroup(name, str(peer), protocol, port_name, frozenset(pairs))
+        if isinstance(peer, BlockPeer):
+            return AddressGroup(name, str(peer), ranges=block_ranges(peer.block))
+        addresses = {ip for key in members for ip in self._pods[key].addresses}
+        return AddressGroup(name, str(peer), addresses=frozenset(addresses))
+
+    def node_rules(self, node: str) -> NodeRules:
+        local: list[LocalPod] = []
+        local_keys: set[str] = set()
+        policy_keys: set[str] = set()
+        for key in sorted(self._pods_by_node.get(node, ())):
+            pod = self._pods[key]
+            if not pod.addresses:
+                continue
+            deny = default_deny_directions(self._namespaces, pod.namespace, self._default_deny)
+            policies = self._pod_policies.get(key, set())
+            if not policies and not deny:
+                continue
+            local_keys.add(key)
+            policy_keys |= policies
+            named = tuple(sorted((p.name, p.protocol, p.port) for p in pod.ports if p.name))
+            local.append(LocalPod(key, pod.addresses, named, deny))
+        compiled = []
+        for pkey in sorted(policy_keys):
+            policy, code = self._policies[pkey], self._policy_code[pkey]
+            compiled.append(
+                CompiledPolicy(
+                    key=pkey,
+                    applied_to=tuple(sorted(self._selected[pkey] & local_keys)),
+                    isolates=policy.policy_types,
+                    ingress=code.ingress,
+                    egress=code.egress,
+                )
+            )
+        return NodeRules(node, tuple(local), tuple(compiled), self._default_deny.allow_dns)
+
+    # ---- configuration and nodes -----------------------------------------------------------
+
+    def set_default_deny(self, config: DefaultDeny) -> None:
+        if config != self._default_deny:
+            self._default_deny = config
+            self._dirty_nodes.update(self.node_names())
+
+    def upsert_node(self, node: Node) -> None:
+        if self._nodes.get(node.name) != node:
+            self._nodes[node.name] = node
+            self._dirty_nodes.add(node.name)
+
+    def delete_node(self, name: str) -> None:
+        if self._nodes.pop(name, None) is not None:
+            self._dirty_nodes.add(name)
+
+    # ---- namespaces --------------------------------------------------------------------------
+
+    def upsert_namespace(self, ns: Namespace) -> None:
+        old = self._namespaces.get(ns.name)
+        self._namespaces[ns.name] = ns
+        if old is None or old.labels != ns.labels:
+            self._rematch_namespace(ns.name)
+        if old is None or old.default_deny != ns.default_deny:
+            self._dirty_pods_nodes(self._pods_by_ns.get(ns.name, ()))
+
+    def delete_namespace(self, name: str) -> None:
+        old = self._namespaces.pop(name, None)
+        if old is not None:
+            self._rematch_namespace(name)
+            self._dirty_pods_nodes(self._pods_by_ns.get(name, ()))
+
+    def _rematch_namespace(self, name: str) -> None:
+        """Namespace labels changed: re-evaluate the peers that select namespaces by label."""
+        labels = namespace_labels(self._namespaces, name)
+        matching = self._ns_peers_matching.setdefault(name, set())
+        for peer in self._ns_peers:
+            assert isinstance(peer, PodPeer)
+            now = peer.matches_namespace(name, labels)
+            if now == (peer in matching):
+                continue
+            state = self._peers[peer]
+            if now:
+                matching.add(peer)
+            else:
+                matching.discard(peer)
+            for key in self._pods_by_ns.get(name, ()):
+                pod = self._pods[key]
+                if pod.addresses and peer.pod_selector.matches(pod.labels):
+                    if now:
+                        state.members.add(key)
+                    else:
+                        state.members.discard(key)
+                    self._dirty_groups |= state.group_names()
+
+    # ---- pods ------------------------------------------------------------------------------------
+
+    def upsert_pod(self, pod: Pod) -> None:
+        old = self._pods.get(pod.key)
+        if old is not None:
+            if _relevant(old) == _relevant(pod):
+                self._pods[pod.key] = pod
+                return
+            self._remove_pod(old)
+        self._add_pod(pod)
+
+    def delete_pod(self, key: str) -> None:
+        old = self._pods.get(key)
+        if old is not None:
+            self._remove_pod(old)
+
+    def _add_pod(self, pod: Pod) -> None:
+        key = pod.key
+        if pod.namespace not in self._ns_peers_matching:
+            self._rematch_namespace(pod.namespace)  # first sight of this namespace
+        self._pods[key] = pod
+        self._pods_by_ns.setdefault(pod.namespace, set()).add(key)
+        if pod.node:
+            self._pods_by_node.setdefault(pod.node, set()).add(key)
+        if pod.addresses:
+            for peer in self._peers_matching(pod):
+                state = self._peers[peer]
+                state.members.add(key)
+                self._dirty_groups |= state.group_names()
+        index = self._policy_index.get(pod.namespace)
+        policies = set(index.matching(pod.labels)) if index is not None else set()
+        for pkey in policies:
+            self._selected[pkey].add(key)
+        if policies:
+            self._pod_policies[key] = policies
+        self._dirty_pods_nodes((key,))
+
+    def _remove_pod(self, pod: Pod) -> None:
+        key = pod.key
+        self._dirty_pods_nodes((key,))
+        if pod.addresses:
+            for peer in self._peers_matching(pod):
+                state = self._peers[peer]
+                state.members.discard(key)
+                self._dirty_groups |= state.group_names()
+        for pkey in self._pod_policies.pop(key, ()):
+            self._selected[pkey].discard(key)
+        del self._pods[key]
+        self._pods_by_ns[pod.namespace].discard(key)
+        if pod.node:
+            self._pods_by_node[pod.node].discard(key)
+
+    def _peers_matching(self, pod: Pod) -> Iterable[Peer]:
+        index = self._peer_index.get(pod.namespace)
+        if index is not None:
+            yield from index.matching(pod.labels)
+        for peer in self._ns_peers_matching.get(pod.namespace, ()):
+            assert isinstance(peer, PodPeer)
+            if peer.pod_selector.matches(pod.labels):
+                yield peer
+        labels = namespace_labels(self._namespaces, pod.namespace)
+        for peer in self._scan_peers:
+            if peer_matches_pod(peer, pod, labels):
+                yield peer
+
+    def _dirty_pods_nodes(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            node = self._pods[key].node
+            if node:
+                self._dirty_nodes.add(node)
+
+    # ---- policies --------------------------------------------------------------------------------
+
+    def upsert_policy(self, policy: NetworkPolicy) -> None:
+        old = self._policies.get(policy.key)
+        if old == policy:
+            return
+        if old is not None:
+            self._remove_policy(old)
+        self._add_policy(policy)
+
+    def delete_policy(self, key: str) -> None:
+        old = self._policies.get(key)
+        if old is not None:
+            self._remove_policy(old)
+
+    def _add_policy(self, policy: NetworkPolicy) -> None:
+        key = policy.key
+        acquired: list[str] = []
+        ingress = tuple(
+            self._compile_rule(policy, Direction.INGRESS, r, acquired) for r in policy.ingress
+        )
+        egress = tuple(
+            self._compile_rule(policy, Direction.EGRESS, r, acquired) for r in policy.egress
+        )
+        self._policies[key] = policy
+        self._policy_code[key] = _PolicyCode(ingress, egress, tuple(acquired))
+        self._policy_index.setdefault(policy.namespace, SelectorIndex()).add(
+            key, policy.pod_selector
+        )
+        selected = {
+            k
+            for k in self._pods_by_ns.get(policy.namespace, ())
+            if policy.pod_selector.matches(self._pods[k].labels)
+        }
+        self._selected[key] = selected
+        for k in selected:
+            self._pod_policies.setdefault(k, set()).add(key)
+        self._dirty_pods_nodes(selected)
+
+    def _remove_policy(self, policy: NetworkPolicy) -> None:
+        key = policy.key
+        selected = self._selected.pop(key)
+        self._dirty_pods_nodes(selected)
+        for k in selected:
+            pols = self._pod_policies[k]
+            pols.discard(key)
+            if not pols:
+                del self._pod_policies[k]
+        self._policy_index[policy.namespace].remove(key)
+        for name in self._policy_code.pop(key).groups:
+            self._release_group(name)
+        del self._policies[key]
+
+    def _compile_rule(
+        self, policy: NetworkPolicy, direction: Direction, rule: PolicyRule, acquired: list[str]
+    ) -> Rule:
+        peers = [normalize_peer(p, policy.namespace) for p in rule.peers]
+        if not rule.ports:
+            return Rule(peers=self._address_groups(peers, acquired) if peers else None, ports=None)
+        ranges: set[PortRange] = set()
+        named: set[tuple[str, Protocol]] = set()
+        for pp in rule.ports:
+            if pp.port is None:
+                ranges.add(PortRange(pp.protocol, *ALL_PORTS))
+            elif isinstance(pp.port, int):
+                ranges.add(PortRange(pp.protocol, pp.port, pp.end_port or pp.port))
+            else:
+                named.add((pp.port, pp.protocol))
+        port_groups: list[str] = []
+        if direction is Direction.EGRESS:
+            # Egress named ports resolve on each destination pod: one group per peer and name.
+            for port_name, protocol in sorted(named):
+                for peer in peers or [AnyPeer()]:
+                    port_groups.append(self._acquire(peer, acquired, (port_name, protocol)))
+            named = set()
+        address_part = bool(ranges or named)
+        return Rule(
+            peers=(self._address_groups(peers, acquired) if peers else None)
+            if address_part
+            else (),
+            ports=tuple(sorted(ranges)),
+            named_ports=tuple(sorted(named)),
+            port_groups=tuple(sorted(set(port_groups))),
+        )
+
+    def _address_groups(self, peers: list[Peer], acquired: list[str]) -> tuple[str, ...]:
+        return tuple(sorted({self._acquire(peer, acquired, None) for peer in peers}))
+
+    # ---- groups --------------------------------------------------------------------------------
+
+    def _acquire(self, peer: Peer, acquired: list[str], port: tuple[str, Protocol] | None) -> str:
+        name = address_group_name(peer) if port is None else port_group_name(peer, *port)
+        acquired.append(name)
+        group = self._groups.get(name)
+        if group is not None:
+            group.refs += 1
+            return name
+        self._groups[name] = _GroupState(peer, 1, port)
+        self._dirty_groups.add(name)
+        state = self._peers.get(peer)
+        if state is None:
+            state = self._peers[peer] = _PeerState(peer)
+        was_tracked = state.tracks_members and bool(state.group_names())
+        if port is None:
+            state.address_group = name
+        else:
+            state.port_groups.add(name)
+        if not was_tracked and state.tracks_members:
+            self._track_peer(state)
+        return name
+
+    def _release_group(self, name: str) -> None:
+        group = self._groups[name]
+        group.refs -= 1
+        if group.refs:
+            return
+        del self._groups[name]
+        self._dirty_groups.add(name)
+        state = self._peers[group.peer]
+        if group.port is None:
+            state.address_group = None
+        else:
+            state.port_groups.discard(name)
+        if not state.tracks_members or not state.group_names():
+            self._untrack_peer(state)
+        if not state.group_names():
+            del self._peers[group.peer]
+
+    def _track_peer(self, state: _PeerState) -> None:
+        """Start maintaining the members of a peer: file it in an index, compute its pods."""
+        peer = state.peer
+        if isinstance(peer, PodPeer) and peer.namespace_selector is None:
+            assert peer.namespace is not None
+            self._peer_index.setdefault(peer.namespace, SelectorIndex()).add(
+                peer, peer.pod_selector
+            )
+            candidates: Iterable[str] = self._pods_by_ns.get(peer.namespace, ())
+        elif isinstance(peer, PodPeer):
+            self._ns_peers.add(peer)
+            keys: list[str] = []
+            for ns in set(self._namespaces) | set(self._pods_by_ns):
+                if peer.matches_namespace(ns, namespace_labels(self._namespaces, ns)):
+                    self._ns_peers_matching.setdefault(ns, set()).add(peer)
+                    keys.extend(self._pods_by_ns.get(ns, ()))
+            candidates = keys
+        else:
+            self._scan_peers.add(peer)
+            candidates = self._pods
+        for key in candidates:
+            pod = self._pods[key]
+            if pod.addresses and peer_matches_pod(
+                peer, pod, namespace_labels(self._namespaces, pod.namespace)
+            ):
+                state.members.add(key)
+
+    def _untrack_peer(self, state: _PeerState) -> None:
+        peer = state.peer
+        state.members.clear()
+        if isinstance(peer, PodPeer) and peer.namespace_selector is None:
+            assert peer.namespace is not None
+            self._peer_index[peer.namespace].remove(peer)
+        elif isinstance(peer, PodPeer):
+            self._ns_peers.discard(peer)
+            for matching in self._ns_peers_matching.values():
+                matching.discard(peer)
+        else:
+            self._scan_peers.discard(peer)

@@ -1,0 +1,246 @@
+"""The compiled, per-node intermediate form that the controller publishes and agents apply.
+
+Address groups are shared between policies and nodes (named by a hash of the normalized peer,
+so two policies that say the same thing share one group); ``NodeRules`` hold, for one node,
+only the pods that live there and the rules of the policies that select them, referring to
+groups by name. Everything here is plain frozen data with a stable JSON form, so it can be
+diffed, hashed and stored in custom resources.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from controller.model import Direction, Protocol
+from controller.model.pod import IPAddress
+
+# An inclusive address interval of one family (ipBlock cidr minus except, normalized).
+IPRange = tuple[IPAddress, IPAddress]
+
+
+@dataclass(frozen=True)
+class AddressGroup:
+    """Addresses matched by one normalized peer: pod IPs, or ipBlock intervals."""
+
+    name: str
+    peer: str  # human-readable normalized peer, for status and debugging
+    addresses: frozenset[IPAddress] = frozenset()
+    ranges: tuple[IPRange, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "peer": self.peer,
+            "addresses": sorted(map(str, self.addresses), key=_ip_sort_key),
+            "ranges": [[str(a), str(b)] for a, b in self.ranges],
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> AddressGroup:
+        return cls(
+            name=raw["name"],
+            peer=raw.get("peer", ""),
+            addresses=frozenset(ipaddress.ip_address(a) for a in raw.get("addresses", ())),
+            ranges=tuple(
+                (ipaddress.ip_address(a), ipaddress.ip_address(b)) for a, b in raw.get("ranges", ())
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class PortGroup:
+    """Egress to a named port: (pod IP, resolved port) for each peer pod that has that name.
+
+    Named ports resolve against the destination pod, which may map one name to different
+    numbers (or to nothing), so the pair is the unit of membership.
+    """
+
+    name: str
+    peer: str
+    protocol: Protocol
+    port_name: str
+    members: frozenset[tuple[IPAddress, int]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "peer": self.peer,
+            "protocol": str(self.protocol),
+            "portName": self.port_name,
+            "members": sorted(([str(ip), port] for ip, port in self.members), key=_member_key),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PortGroup:
+        return cls(
+            name=raw["name"],
+            peer=raw.get("peer", ""),
+            protocol=Protocol(raw["protocol"]),
+            port_name=raw["portName"],
+            members=frozenset(
+                (ipaddress.ip_address(ip), int(p)) for ip, p in raw.get("members", ())
+            ),
+        )
+
+
+Group = AddressGroup | PortGroup
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    """Numeric ports ``first``..``last`` of one protocol (all ports: 0..65535)."""
+
+    protocol: Protocol
+    first: int
+    last: int
+
+    def to_json(self) -> list[Any]:
+        return [str(self.protocol), self.first, self.last]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ingress or egress rule of a policy, compiled.
+
+    Allowed traffic is: (peer in ``peers`` — ``None`` means any address) and (port in ``ports``
+    — ``None`` means all traffic, any protocol — or a named port in ``named_ports`` resolved on
+    the local destination pod [ingress]), or (peer, port) in one of ``port_groups`` [egress].
+    """
+
+    peers: tuple[str, ...] | None = None
+    ports: tuple[PortRange, ...] | None = None
+    named_ports: tuple[tuple[str, Protocol], ...] = ()
+    port_groups: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peers": None if self.peers is None else list(self.peers),
+            "ports": None if self.ports is None else [p.to_json() for p in self.ports],
+            "namedPorts": [[n, str(p)] for n, p in self.named_ports],
+            "portGroups": list(self.port_groups),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Rule:
+        ports = raw.get("ports")
+        return cls(
+            peers=None if raw.get("peers") is None else tuple(raw["peers"]),
+            ports=None
+            if ports is None
+            else tuple(PortRange(Protocol(p), int(a), int(b)) for p, a, b in ports),
+            named_ports=tuple((n, Protocol(p)) for n, p in raw.get("namedPorts", ())),
+            port_groups=tuple(raw.get("portGroups", ())),
+        )
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """A policy as it applies on one node: the local pods it selects and its rules."""
+
+    key: str  # namespace/name
+    applied_to: tuple[str, ...]  # keys of local pods
+    isolates: frozenset[Direction]
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+
+    def rules(self, direction: Direction) -> tuple[Rule, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "appliedTo": list(self.applied_to),
+            "isolates": sorted(map(str, self.isolates)),
+            "ingress": [r.to_json() for r in self.ingress],
+            "egress": [r.to_json() for r in self.egress],
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> CompiledPolicy:
+        return cls(
+            key=raw["key"],
+            applied_to=tuple(raw.get("appliedTo", ())),
+            isolates=frozenset(Direction(d) for d in raw.get("isolates", ())),
+            ingress=tuple(Rule.from_json(r) for r in raw.get("ingress", ())),
+            egress=tuple(Rule.from_json(r) for r in raw.get("egress", ())),
+        )
+
+
+@dataclass(frozen=True)
+class LocalPod:
+    """A pod on this node that is isolated in at least one direction."""
+
+    key: str
+    ips: tuple[IPAddress, ...]
+    named_ports: tuple[tuple[str, Protocol, int], ...] = ()
+    default_deny: frozenset[Direction] = frozenset()
+
+    def named_port(self, name: str, protocol: Protocol) -> int | None:
+        for n, p, number in self.named_ports:
+            if n == name and p is protocol:
+                return number
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "ips": [str(ip) for ip in self.ips],
+            "namedPorts": [[n, str(p), num] for n, p, num in self.named_ports],
+            "defaultDeny": sorted(map(str, self.default_deny)),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> LocalPod:
+        return cls(
+            key=raw["key"],
+            ips=tuple(ipaddress.ip_address(ip) for ip in raw.get("ips", ())),
+            named_ports=tuple(
+                (n, Protocol(p), int(num)) for n, p, num in raw.get("namedPorts", ())
+            ),
+            default_deny=frozenset(Direction(d) for d in raw.get("defaultDeny", ())),
+        )
+
+
+@dataclass(frozen=True)
+class NodeRules:
+    node: str
+    pods: tuple[LocalPod, ...] = ()
+    policies: tuple[CompiledPolicy, ...] = ()
+    allow_dns: bool = True  # default-deny keeps egress to port 53 open
+
+    def groups(self) -> frozenset[str]:
+        """Names of every group these rules refer to."""
+        out: set[str] = set()
+        for policy in self.policies:
+            for rule in policy.ingress + policy.egress:
+                out.update(rule.peers or ())
+                out.update(rule.port_groups)
+        return frozenset(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "allowDNS": self.allow_dns,
+            "pods": [p.to_json() for p in self.pods],
+            "policies": [p.to_json() for p in self.policies],
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> NodeRules:
+        return cls(
+            node=raw["node"],
+            allow_dns=bool(raw.get("allowDNS", True)),
+            pods=tuple(LocalPod.from_json(p) for p in raw.get("pods", ())),
+            policies=tuple(CompiledPolicy.from_json(p) for p in raw.get("policies", ())),
+        )
+
+
+def _ip_sort_key(ip: str) -> tuple[int, int]:
+    addr = ipaddress.ip_address(ip)
+    return (addr.version, int(addr))
+
+
+def _member_key(member: list[Any]) -> tuple[int, int, int]:
+    return (*_ip_sort_key(member[0]), member[1])

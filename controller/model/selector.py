@@ -1,0 +1,160 @@
+"""Kubernetes label selectors (metav1.LabelSelector): parsing and matching.
+
+A selector is the AND of its requirements. ``matchLabels`` entries become ``In`` requirements
+with one value, exactly as the API machinery converts them, so there is one matching rule.
+The empty selector selects everything; a missing selector is represented by ``None`` by callers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from controller.model.errors import ParseError
+
+Labels = Mapping[str, str]
+
+# Label keys: optional DNS-subdomain prefix, then a name of at most 63 characters.
+_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_KEY_RE = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}$")
+_VALUE_RE = re.compile(rf"^({_NAME})?$")
+
+
+class Operator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+@dataclass(frozen=True, order=True)
+class Requirement:
+    key: str
+    operator: Operator
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Labels) -> bool:
+        if self.operator is Operator.IN:
+            return labels.get(self.key) in self.values
+        if self.operator is Operator.NOT_IN:
+            # NotIn also matches objects that lack the key (Kubernetes semantics).
+            return labels.get(self.key) not in self.values
+        if self.operator is Operator.EXISTS:
+            return self.key in labels
+        return self.key not in labels
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A normalized selector: requirements sorted and de-duplicated, values sorted."""
+
+    requirements: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Labels) -> bool:
+        return all(r.matches(labels) for r in self.requirements)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.requirements
+
+    def required_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Label pairs an object must carry to match (``In`` with a single value).
+
+        Indexes use these to look up only the selectors a labelled object could match.
+        """
+        return tuple(
+            (r.key, r.values[0])
+            for r in self.requirements
+            if r.operator is Operator.IN and len(r.values) == 1
+        )
+
+    def canonical(self) -> list[list[Any]]:
+        """A JSON-ready form that is equal for equal selectors (used to name groups)."""
+        return [[r.key, str(r.operator), list(r.values)] for r in self.requirements]
+
+    def __str__(self) -> str:
+        if not self.requirements:
+            return "{}"
+        parts = []
+        for r in self.requirements:
+            if r.operator is Operator.IN and len(r.values) == 1:
+                parts.append(f"{r.key}={r.values[0]}")
+            elif r.operator is Operator.EXISTS:
+                parts.append(r.key)
+            elif r.operator is Operator.DOES_NOT_EXIST:
+                parts.append(f"!{r.key}")
+            else:
+                op = "in" if r.operator is Operator.IN else "notin"
+                parts.append(f"{r.key} {op} ({','.join(r.values)})")
+        return ",".join(parts)
+
+
+EVERYTHING = LabelSelector()
+
+
+def parse_labels(raw: Any, obj: str, field: str) -> dict[str, str]:
+    """Validate a label map (metadata.labels, matchLabels)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ParseError(obj, field, f"must be a map of strings, got {type(raw).__name__}")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise ParseError(obj, f"{field}", f"invalid label key {key!r}")
+        if value is None:
+            value = ""
+        if not isinstance(value, str) or not _VALUE_RE.match(value):
+            raise ParseError(obj, f"{field}.{key}", f"invalid label value {value!r}")
+        out[key] = value
+    return out
+
+
+def parse_selector(raw: Any, obj: str, field: str) -> LabelSelector:
+    """Parse a metav1.LabelSelector dict; ``{}`` and ``None`` values inside mean "empty"."""
+    if raw is None:
+        return EVERYTHING
+    if not isinstance(raw, Mapping):
+        raise ParseError(obj, field, f"must be a label selector object, got {type(raw).__name__}")
+    unknown = set(raw) - {"matchLabels", "matchExpressions"}
+    if unknown:
+        raise ParseError(obj, field, f"unknown field(s) {', '.join(sorted(unknown))}")
+    reqs: set[Requirement] = set()
+    for key, value in parse_labels(raw.get("matchLabels"), obj, f"{field}.matchLabels").items():
+        reqs.add(Requirement(key, Operator.IN, (value,)))
+    exprs = raw.get("matchExpressions") or []
+    if not isinstance(exprs, list):
+        raise ParseError(obj, f"{field}.matchExpressions", "must be a list")
+    for i, expr in enumerate(exprs):
+        reqs.add(_parse_requirement(expr, obj, f"{field}.matchExpressions[{i}]"))
+    return LabelSelector(tuple(sorted(reqs)))
+
+
+def _parse_requirement(raw: Any, obj: str, field: str) -> Requirement:
+    if not isinstance(raw, Mapping):
+        raise ParseError(obj, field, "must be an object with key, operator and values")
+    key = raw.get("key")
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ParseError(obj, f"{field}.key", f"invalid label key {key!r}")
+    try:
+        op = Operator(str(raw.get("operator")))
+    except ValueError:
+        raise ParseError(
+            obj,
+            f"{field}.operator",
+            f"unknown operator {raw.get('operator')!r} (want In, NotIn, Exists or DoesNotExist)",
+        ) from None
+    values = raw.get("values") or []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ParseError(obj, f"{field}.values", "must be a list of strings")
+    for v in values:
+        if not _VALUE_RE.match(v):
+            raise ParseError(obj, f"{field}.values", f"invalid label value {v!r}")
+    if op in (Operator.IN, Operator.NOT_IN) and not values:
+        raise ParseError(obj, f"{field}.values", f"must be non-empty for operator {op}")
+    if op in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and values:
+        raise ParseError(obj, f"{field}.values", f"must be empty for operator {op}")
+    return Requirement(key, op, tuple(sorted(set(values))))
