@@ -149,8 +149,12 @@ class Compiler:
             for key in members:
                 pod = self._pods[key]
                 number = pod.named_port(port_name, protocol)
-                if number is not None:
-                    pairs.update((ip, number) for ip in pod.addresses)
+                if number is None:
+                    continue
+                ips = pod.addresses
+                if isinstance(peer, BlockPeer):  # a dual-stack pod may be in the block by one IP
+                    ips = tuple(ip for ip in ips if peer.block.contains(ip))
+                pairs.update((ip, number) for ip in ips)
             return PortGroup(name, str(peer), protocol, port_name, frozenset(pairs))
         if isinstance(peer, BlockPeer):
             return AddressGroup(name, str(peer), ranges=block_ranges(peer.block))
