@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from controller.agent.kernel import Kernel, KernelError
+from controller.agent.kernel import Kernel, KernelError, NftablesUnavailable
 from controller.agent.nft_text import to_text
 from controller.agent.render import RenderOptions, render
 from controller.compiler import compile_objects, groups_for
@@ -111,10 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(to_text(ruleset), end="")
         return 0
+    kernel = Kernel(args.netns)
     try:
-        Kernel(args.netns).apply(ruleset)
+        kernel.apply(ruleset)
     except (KernelError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, KernelError) and not isinstance(e, NftablesUnavailable):
+            missing = kernel.missing_features()
+            if missing:
+                print("error: this kernel lacks: " + "; ".join(missing), file=sys.stderr)
         return EXIT_FAILED
     print(f"applied ruleset for node {args.node}", file=sys.stderr)
     return 0

@@ -30,17 +30,23 @@ def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
 def merge_boxes(boxes: Iterable[Box]) -> list[Box]:
     """Turn overlapping (protocol, address range, port range) boxes into disjoint ones.
 
-    Per protocol, sweep the address axis: between two consecutive boundaries the set of
-    covering boxes is constant, so its port ranges are merged once; neighbouring address
-    segments with identical port ranges are joined again. The result covers exactly the union
-    of the input.
+    Per protocol, sweep one axis: between two consecutive boundaries the set of covering boxes
+    is constant, so their intervals on the other axis are merged once; neighbouring segments
+    with identical merged intervals are joined again. Both axes are tried and the result with
+    fewer elements wins. It covers exactly the union of the input.
     """
     by_proto: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
     for proto, alo, ahi, plo, phi in boxes:
         by_proto[proto].append((alo, ahi, plo, phi))
     out: list[Box] = []
     for proto in sorted(by_proto):
-        out.extend((proto, *seg) for seg in _sweep(by_proto[proto]))
+        group = by_proto[proto]
+        address_major = _sweep(group)
+        # The same sweep along the port axis: one wide range plus a few pods with extra
+        # ports stays a handful of elements instead of the range split around every pod.
+        port_major = [(a, b, p, q) for p, q, a, b in _sweep([(p, q, a, b) for a, b, p, q in group])]
+        best = min(address_major, port_major, key=len)
+        out.extend((proto, *seg) for seg in sorted(best))
     return out
 
 

@@ -31,9 +31,7 @@ _HINTS = (
     ),
     (
         "No such file or directory",
-        "the kernel may lack a feature this ruleset needs: nf_tables inet family, "
-        "concatenated interval sets (nft_set_pipapo, Linux >= 5.6), conntrack (nft_ct), "
-        "or NFLOG (nfnetlink_log; disable logging to do without)",
+        "the kernel may lack a feature this ruleset needs; Kernel.missing_features() names which",
     ),
     ("Operation not supported", "the kernel lacks an nf_tables expression this ruleset uses"),
 )
@@ -74,6 +72,82 @@ def _explain(action: str, error: str) -> str:
     return text + ("\nhint: " + "\nhint: ".join(hints) if hints else "")
 
 
+_PROBE_TABLE = {"family": FAMILY, "name": "nftpolicy-feature-probe"}
+_IN_PROBE = {"family": FAMILY, "table": "nftpolicy-feature-probe"}
+
+# One minimal ruleset per kernel feature the renderer relies on, validated in dry-run mode.
+FEATURES: dict[str, list[dict[str, Any]]] = {
+    "nf_tables inet family with a forward hook (nf_tables)": [
+        {
+            "add": {
+                "chain": {
+                    **_IN_PROBE,
+                    "name": "f",
+                    "type": "filter",
+                    "hook": "forward",
+                    "prio": 0,
+                    "policy": "accept",
+                }
+            }
+        },
+    ],
+    "conntrack state matching (nft_ct, nf_conntrack)": [
+        {"add": {"chain": {**_IN_PROBE, "name": "c"}}},
+        {
+            "add": {
+                "rule": {
+                    **_IN_PROBE,
+                    "chain": "c",
+                    "expr": [
+                        {
+                            "match": {
+                                "op": "in",
+                                "left": {"ct": {"key": "state"}},
+                                "right": ["established"],
+                            }
+                        },
+                        {"accept": None},
+                    ],
+                }
+            }
+        },
+    ],
+    "verdict maps (nft_lookup)": [
+        {"add": {"chain": {**_IN_PROBE, "name": "v"}}},
+        {
+            "add": {
+                "map": {
+                    **_IN_PROBE,
+                    "name": "m",
+                    "type": "ipv4_addr",
+                    "map": "verdict",
+                    "elem": [["10.0.0.1", {"jump": {"target": "v"}}]],
+                }
+            }
+        },
+    ],
+    "concatenated interval sets (nft_set_pipapo, Linux >= 5.6)": [
+        {
+            "add": {
+                "set": {
+                    **_IN_PROBE,
+                    "name": "s",
+                    "type": ["ipv4_addr", "inet_proto", "inet_service"],
+                    "flags": ["interval"],
+                    "elem": [
+                        {"concat": [{"range": ["10.0.0.0", "10.0.0.9"]}, 6, {"range": [80, 90]}]}
+                    ],
+                }
+            }
+        },
+    ],
+    "NFLOG logging (nfnetlink_log; or disable logging)": [
+        {"add": {"chain": {**_IN_PROBE, "name": "l"}}},
+        {"add": {"rule": {**_IN_PROBE, "chain": "l", "expr": [{"log": {"group": 100}}]}}},
+    ],
+}
+
+
 class Kernel:
     """Our table in one network namespace (``None``: the current one)."""
 
@@ -95,6 +169,21 @@ class Kernel:
             rc, _out, err = nft.json_cmd(ruleset)
         if rc != 0:
             raise KernelError(_explain("check", err or f"exit code {rc}"))
+
+    def missing_features(
+        self, features: dict[str, list[dict[str, Any]]] | None = None
+    ) -> list[str]:
+        """Names of the kernel features (of ``FEATURES``) this kernel refuses, checked in
+        dry-run mode so nothing is changed."""
+        missing = []
+        for name, commands in (features or FEATURES).items():
+            try:
+                self.check({"nftables": [{"add": {"table": _PROBE_TABLE}}, *commands]})
+            except NftablesUnavailable:
+                raise
+            except KernelError:
+                missing.append(name)
+        return missing
 
     def read(self) -> dict[str, Any] | None:
         """Our table as libnftables JSON, or ``None`` if it does not exist."""

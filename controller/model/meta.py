@@ -7,6 +7,8 @@ from typing import Any
 
 from controller.model.errors import ParseError
 
+NAMESPACED_KINDS = frozenset({"Pod", "NetworkPolicy"})
+
 
 def describe(raw: Any) -> str:
     """``Kind namespace/name`` for messages, robust to any input shape."""
@@ -17,7 +19,7 @@ def describe(raw: Any) -> str:
     if not isinstance(meta, Mapping):
         return str(kind)
     name = meta.get("name") or "<unnamed>"
-    ns = meta.get("namespace")
+    ns = meta.get("namespace") or ("default" if kind in NAMESPACED_KINDS else None)
     return f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
 
 
