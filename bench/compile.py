@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,11 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 from bench.synthetic import BIG, SMALL, ClusterShape, SyntheticCluster  # noqa: E402
 from controller.compiler import Compiler  # noqa: E402
 from controller.compiler.ir import AddressGroup, Group, NodeRules  # noqa: E402
+from controller.model import Namespace, NetworkPolicy, Node, Pod  # noqa: E402
 
 COMPILE_TARGET_S = 10.0  # full compile of 100k pods
 EVENT_TARGET_MS = 5.0  # one incremental event
+TOP_COSTS = 8  # publishing costs listed in the report
 ORDERS = ("pods-first", "policies-first")
 ORDER_TEXT = {
     "pods-first": "namespaces, nodes, pods, policies",
@@ -74,7 +76,9 @@ class LoadResult:
     local_pods: int
     compiled_policies: int
     digest: str  # equal digests: both orders produced the same output
-    events: list[dict[str, Any]]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    publish_costs: list[dict[str, Any]] = field(default_factory=list)
+    matches_fresh_compile: bool | None = None
 
 
 @dataclass
@@ -106,21 +110,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def feed(compiler: Compiler, cluster: SyntheticCluster, order: str) -> None:
-    """Load every object of ``cluster`` into ``compiler`` in the given ``order``."""
-    for ns in cluster.namespaces:
+def feed(
+    compiler: Compiler,
+    namespaces: Iterable[Namespace],
+    nodes: Iterable[Node],
+    pods: Iterable[Pod],
+    policies: Iterable[NetworkPolicy],
+    order: str,
+) -> None:
+    """Load every object into ``compiler``: namespaces, nodes, then pods and policies in ``order``."""
+    for ns in namespaces:
         compiler.upsert_namespace(ns)
-    for node in cluster.nodes:
+    for node in nodes:
         compiler.upsert_node(node)
     if order == "pods-first":
-        for pod in cluster.pods:
+        for pod in pods:
             compiler.upsert_pod(pod)
-    for policy in cluster.policies:
+    for policy in policies:
         compiler.upsert_policy(policy)
     if order == "policies-first":
-        for pod in cluster.pods:
+        for pod in pods:
             compiler.upsert_pod(pod)
     compiler.take_changes()
+
+
+def feed_cluster(compiler: Compiler, cluster: SyntheticCluster, order: str) -> None:
+    """Load the initial objects of ``cluster``."""
+    feed(compiler, cluster.namespaces, cluster.nodes, cluster.pods, cluster.policies, order)
 
 
 def materialize_groups(compiler: Compiler) -> list[Group]:
@@ -160,65 +176,113 @@ def output_digest(groups: list[Group], node_rules: list[NodeRules]) -> str:
     return h.hexdigest()[:16]
 
 
-def measure_event(
-    compiler: Compiler, op: Callable[[], object], publish: bool = True
-) -> tuple[float, float, int, int]:
-    """Seconds for ``op`` + ``take_changes()``, and with materialization of the changes."""
-    compiler.take_changes()
-    start = time.perf_counter()
-    op()
-    changes = compiler.take_changes()
-    compiled = time.perf_counter()
-    if not publish:
-        return compiled - start, compiled - start, len(changes.groups), len(changes.nodes)
-    for name in changes.groups:
-        compiler.group(name)
-    for node in changes.nodes:
-        compiler.node_rules(node)
-    done = time.perf_counter()
-    return compiled - start, done - start, len(changes.groups), len(changes.nodes)
+@dataclass
+class PublishCost:
+    """Materialization time spent on one group (or on node rules) over the sampled events."""
+
+    what: str
+    size: int = 0  # members at the last materialization (pods, for node rules)
+    calls: int = 0
+    seconds: float = 0.0
 
 
-def event_stats(
-    name: str, ops: list[Callable[[], object]], compiler: Compiler, publish_samples: int
-) -> EventStats:
-    """Run each op as one event and summarize the costs.
+class EventRunner:
+    """Times single events against a loaded compiler and tallies what publishing costs."""
 
-    Every op is timed without materialization; an evenly spread subset of ``publish_samples``
-    of them is also timed with it (materializing only reads, so skipping it elsewhere does not
-    change the compiler's state).
-    """
-    every = max(1, len(ops) // max(1, publish_samples))
-    plain: list[float] = []
-    total: list[float] = []
-    groups = nodes = 0
-    for i, op in enumerate(ops):
-        a, b, g, n = measure_event(compiler, op, publish=i % every == 0)
-        plain.append(a * 1e3)
-        if i % every == 0:
-            total.append(b * 1e3)
-        groups += g
-        nodes += n
-    count = len(plain)
-    return EventStats(
-        name=name,
-        samples=count,
-        mean_ms=sum(plain) / count,
-        p99_ms=percentile(plain, 99),
-        max_ms=max(plain),
-        publish_samples=len(total),
-        mean_total_ms=sum(total) / len(total),
-        p99_total_ms=percentile(total, 99),
-        max_total_ms=max(total),
-        mean_groups=groups / count,
-        mean_nodes=nodes / count,
-    )
+    def __init__(self, compiler: Compiler) -> None:
+        self.compiler = compiler
+        self.costs: dict[str, PublishCost] = {}
+
+    def measure(self, op: Callable[[], object], publish: bool) -> tuple[float, float, int, int]:
+        """Seconds for ``op`` + ``take_changes()``, and with materialization of the changes."""
+        compiler = self.compiler
+        compiler.take_changes()
+        start = time.perf_counter()
+        op()
+        changes = compiler.take_changes()
+        compiled = time.perf_counter()
+        if not publish:
+            return compiled - start, compiled - start, len(changes.groups), len(changes.nodes)
+        for name in changes.groups:
+            t0 = time.perf_counter()
+            group = compiler.group(name)
+            self._tally(name, group, time.perf_counter() - t0)
+        for node in changes.nodes:
+            t0 = time.perf_counter()
+            rules = compiler.node_rules(node)
+            self._tally("node_rules", rules, time.perf_counter() - t0)
+        done = time.perf_counter()
+        return compiled - start, done - start, len(changes.groups), len(changes.nodes)
+
+    def _tally(self, key: str, output: Group | NodeRules | None, seconds: float) -> None:
+        cost = self.costs.get(key)
+        if cost is None:
+            if output is None:
+                what = f"deleted group {key}"
+            elif isinstance(output, NodeRules):
+                what = "node_rules(node) (all nodes)"
+            else:
+                kind = "address" if isinstance(output, AddressGroup) else f"port {output.port_name}"
+                what = f"{kind} group: {output.peer}"
+            cost = self.costs[key] = PublishCost(what)
+        cost.calls += 1
+        cost.seconds += seconds
+        if isinstance(output, NodeRules):
+            cost.size = len(output.pods)
+        elif output is not None:
+            cost.size = group_size(output)
+
+    def stats(self, name: str, ops: list[Callable[[], object]], publish_samples: int) -> EventStats:
+        """Run each op as one event and summarize the costs.
+
+        Every op is timed without materialization; an evenly spread subset of
+        ``publish_samples`` of them is also timed with it (materializing only reads, so
+        skipping it elsewhere does not change the compiler's state).
+        """
+        every = max(1, len(ops) // max(1, publish_samples))
+        plain: list[float] = []
+        total: list[float] = []
+        groups = nodes = 0
+        for i, op in enumerate(ops):
+            a, b, g, n = self.measure(op, publish=i % every == 0)
+            plain.append(a * 1e3)
+            if i % every == 0:
+                total.append(b * 1e3)
+            groups += g
+            nodes += n
+        count = len(plain)
+        return EventStats(
+            name=name,
+            samples=count,
+            mean_ms=sum(plain) / count,
+            p99_ms=percentile(plain, 99),
+            max_ms=max(plain),
+            publish_samples=len(total),
+            mean_total_ms=sum(total) / len(total),
+            p99_total_ms=percentile(total, 99),
+            max_total_ms=max(total),
+            mean_groups=groups / count,
+            mean_nodes=nodes / count,
+        )
+
+
+@dataclass
+class EventsResult:
+    """Event costs, where publishing time went, and whether the end state is right."""
+
+    stats: list[EventStats]
+    costs: list[PublishCost]
+    matches_fresh_compile: bool
 
 
 def run_events(
     compiler: Compiler, cluster: SyntheticCluster, pod_events: int, publish_samples: int
-) -> list[EventStats]:
-    """Single events against the loaded cluster; objects are built outside the timed part."""
+) -> EventsResult:
+    """Single events against the loaded cluster; objects are built outside the timed part.
+
+    Afterwards the incrementally updated output is compared with a fresh compile of the
+    resulting objects.
+    """
     rng = cluster.events_rng
     new_pods = [cluster.new_pod() for _ in range(pod_events)]
     live = [p for p in cluster.pods if p.addresses and p.labels.get("tier") != "infra"]
@@ -229,6 +293,7 @@ def run_events(
     ns_changes = [cluster.relabel_namespace(ns) for ns in namespaces]
     new_policies = [cluster.new_policy() for _ in range(max(20, pod_events // 10))]
 
+    runner = EventRunner(compiler)
     plan: list[tuple[str, list[Callable[[], object]]]] = [
         ("pod add", [_bind(compiler.upsert_pod, p) for p in new_pods]),
         ("pod label change", [_bind(compiler.upsert_pod, p) for p in relabeled]),
@@ -237,7 +302,21 @@ def run_events(
         ("policy add", [_bind(compiler.upsert_policy, p) for p in new_policies]),
         ("policy delete", [_bind(compiler.delete_policy, p.key) for p in new_policies]),
     ]
-    return [event_stats(name, ops, compiler, publish_samples) for name, ops in plan]
+    stats = [runner.stats(name, ops, publish_samples) for name, ops in plan]
+
+    pods = {p.key: p for p in cluster.pods}
+    pods.update((p.key, p) for p in [*new_pods, *relabeled])
+    for key in deleted:
+        del pods[key]
+    final_ns = {ns.name: ns for ns in cluster.namespaces}
+    final_ns.update((ns.name, ns) for ns in ns_changes)
+    fresh = Compiler()
+    feed(fresh, final_ns.values(), cluster.nodes, pods.values(), cluster.policies, "pods-first")
+    same = output_digest(materialize_groups(compiler), materialize_nodes(compiler)) == (
+        output_digest(materialize_groups(fresh), materialize_nodes(fresh))
+    )
+    costs = sorted(runner.costs.values(), key=lambda c: -c.seconds)
+    return EventsResult(stats, costs, same)
 
 
 def _bind(fn: Callable[[Any], object], arg: object) -> Callable[[], object]:
@@ -256,7 +335,7 @@ def run_worker(
 
     compiler = Compiler()
     start = time.perf_counter()
-    feed(compiler, cluster, order)
+    feed_cluster(compiler, cluster, order)
     feed_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -285,12 +364,13 @@ def run_worker(
         local_pods=sum(len(r.pods) for r in node_rules),
         compiled_policies=sum(len(r.policies) for r in node_rules),
         digest=output_digest(groups, node_rules),
-        events=[],
     )
     del groups, node_rules
     if pod_events:
-        stats = run_events(compiler, cluster, pod_events, publish_samples)
-        result.events = [asdict(s) for s in stats]
+        events = run_events(compiler, cluster, pod_events, publish_samples)
+        result.events = [asdict(s) for s in events.stats]
+        result.publish_costs = [asdict(c) for c in events.costs[:TOP_COSTS]]
+        result.matches_fresh_compile = events.matches_fresh_compile
     return result
 
 
@@ -299,7 +379,7 @@ def run_profile(shape: ClusterShape, seed: int, top: int = 25) -> None:
     cluster = SyntheticCluster(shape, seed)
     compiler = Compiler()
     for title, fn in (
-        ("feed (pods first)", lambda: feed(compiler, cluster, "pods-first")),
+        ("feed (pods first)", lambda: feed_cluster(compiler, cluster, "pods-first")),
         ("materialize groups", lambda: materialize_groups(compiler)),
         ("materialize node rules", lambda: materialize_nodes(compiler)),
     ):
@@ -421,6 +501,16 @@ def print_report(
             for e in stats
         ],
     )
+    r = results[(big.name, ORDERS[0])]
+    print(f" where publishing time went (publish-sampled events, top {len(r.publish_costs)})")
+    print(f"  {'total s':>8}{'calls':>7}{'ms/call':>9}{'size':>8}  what")
+    for raw in r.publish_costs:
+        c = PublishCost(**raw)
+        print(
+            f"  {c.seconds:>8.2f}{c.calls:>7}{c.seconds / c.calls * 1e3:>9.2f}{c.size:>8}  {c.what}"
+        )
+    verdict = {True: "yes", False: "NO (incremental state diverged)", None: "not checked"}
+    print(f" output after all events equals a fresh compile: {verdict[r.matches_fresh_compile]}")
 
 
 def print_event_table(
@@ -462,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     pod_events = args.events if args.events is not None else (200 if args.quick else 2000)
     publish = args.publish_samples
     if publish is None:
-        publish = 40 if args.quick else 200
+        publish = 40 if args.quick else 100
 
     if args.worker:
         shape = ClusterShape(**json.loads(args.worker))

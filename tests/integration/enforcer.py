@@ -41,13 +41,25 @@ class Enforcer:
         return render(rules, groups_for(self.compiler, rules), self.options)
 
     def sync(self) -> None:
-        """Apply the rulesets of every node that may have changed since the last sync."""
+        """Apply the rulesets of every node that may have changed since the last sync.
+
+        Conntrack is flushed afterwards: tests probe *new* connections, and a UDP probe that
+        happens to reuse the 5-tuple of an earlier, then-allowed probe would otherwise pass as
+        an established flow. (Removing exactly the flows a change no longer allows is the
+        agent's job; see the control-plane issue.)
+        """
         changes = self.compiler.take_changes()
         for node, kernel in self.kernels.items():
             rules = self.compiler.node_rules(node)
             if node in changes.nodes or rules.groups() & changes.groups:
                 kernel.apply(render(rules, groups_for(self.compiler, rules), self.options))
+        self.flush_conntrack()
+
+    def flush_conntrack(self) -> None:
+        for node in self.nodes:
+            self.cluster.run_in(self.cluster.node_netns(node), ["conntrack", "-F"])
 
     def clear(self) -> None:
         for kernel in self.kernels.values():
             kernel.remove()
+        self.flush_conntrack()

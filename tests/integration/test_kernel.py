@@ -106,7 +106,10 @@ def test_feature_probe_names_what_the_kernel_lacks(scratch_netns: str) -> None:
     }
     assert kernel.missing_features(queue) == ["queue (nft_queue)"]  # this kernel has no queue
     tables = subprocess.run(
-        ["ip", "netns", "exec", scratch_netns, "nft", "list", "tables"], capture_output=True, text=True, check=True
+        ["ip", "netns", "exec", scratch_netns, "nft", "list", "tables"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert tables == ""  # dry runs left nothing behind
 
