@@ -15,6 +15,7 @@ from controller.agent.kernel import Kernel, KernelError, NftablesUnavailable
 from controller.agent.nft_text import to_text
 from controller.agent.render import RenderOptions, render
 from controller.compiler import compile_objects, groups_for
+from controller.gc_tuning import tune_for_large_heaps
 from controller.manifests import ManifestError, load_objects
 from controller.model import ParseError
 from controller.model.config import DefaultDeny
@@ -100,6 +101,7 @@ def _build(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    tune_for_large_heaps()
     try:
         ruleset = _build(args)
     except (ManifestError, ParseError) as e:

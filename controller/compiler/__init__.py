@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from controller.compiler.compiler import Changes, Compiler
 from controller.compiler.ir import Group, NodeRules
-from controller.model import ApiObject, Namespace, NetworkPolicy, Node, Pod
+from controller.model import ApiObject, Namespace, Node
 from controller.model.config import DefaultDeny
 
 __all__ = ["Changes", "Compiler", "compile_objects", "groups_for"]
@@ -19,14 +19,7 @@ def compile_objects(
     compiler = Compiler(default_deny)
     ordered = sorted(objects, key=lambda o: 0 if isinstance(o, Namespace | Node) else 1)
     for obj in ordered:
-        if isinstance(obj, Namespace):
-            compiler.upsert_namespace(obj)
-        elif isinstance(obj, Node):
-            compiler.upsert_node(obj)
-        elif isinstance(obj, Pod):
-            compiler.upsert_pod(obj)
-        elif isinstance(obj, NetworkPolicy):
-            compiler.upsert_policy(obj)
+        compiler.upsert(obj)
     return compiler
 
 

@@ -11,7 +11,8 @@ reports; the CLI feeds it files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from controller.compiler.ir import (
@@ -37,7 +38,9 @@ from controller.compiler.peers import (
 )
 from controller.compiler.selector_index import SelectorIndex
 from controller.model import (
+    ApiObject,
     Direction,
+    LabelSelector,
     Namespace,
     NetworkPolicy,
     Node,
@@ -50,6 +53,7 @@ from controller.model.namespaces import default_deny_directions, namespace_label
 from controller.model.pod import IPAddress
 
 ALL_PORTS = (0, 65535)
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,13 @@ class _PolicyCode:
     groups: tuple[str, ...]  # every group acquired, with repetition, released on removal
 
 
+def _label_keys(pod: Pod) -> Iterator[tuple[str, str, str | None]]:
+    """Index entries of a pod: (namespace, key, value) and (namespace, key, None)."""
+    for k, v in pod.labels.items():
+        yield (pod.namespace, k, v)
+        yield (pod.namespace, k, None)
+
+
 def _relevant(pod: Pod) -> tuple[object, ...]:
     """The fields of a pod that can change compiled output (status churn is ignored)."""
     return (pod.labels, pod.addresses, pod.node, pod.ports)
@@ -108,6 +119,7 @@ class Compiler:
         self._nodes: dict[str, Node] = {}
         self._pods: dict[str, Pod] = {}
         self._pods_by_ns: dict[str, set[str]] = {}
+        self._pods_by_label: dict[tuple[str, str, str | None], set[str]] = {}
         self._pods_by_node: dict[str, set[str]] = {}
         self._policies: dict[str, NetworkPolicy] = {}
         self._policy_code: dict[str, _PolicyCode] = {}
@@ -116,7 +128,7 @@ class Compiler:
         self._pod_policies: dict[str, set[str]] = {}
         self._peers: dict[Peer, _PeerState] = {}
         self._peer_index: dict[str, SelectorIndex[Peer]] = {}  # PodPeers of one namespace
-        self._ns_peers: set[Peer] = set()  # PodPeers with a namespace selector
+        self._ns_peer_index: SelectorIndex[Peer] = SelectorIndex()  # by namespace selector
         self._ns_peers_matching: dict[str, set[Peer]] = {}  # namespace -> those that match it
         self._scan_peers: set[Peer] = set()  # ipBlock/any peers that track pod members
         self._groups: dict[str, _GroupState] = {}
@@ -163,8 +175,7 @@ class Compiler:
 
     def node_rules(self, node: str) -> NodeRules:
         local: list[LocalPod] = []
-        local_keys: set[str] = set()
-        policy_keys: set[str] = set()
+        applied: dict[str, list[str]] = {}  # policy -> local pods it selects, sorted
         for key in sorted(self._pods_by_node.get(node, ())):
             pod = self._pods[key]
             if not pod.addresses:
@@ -173,23 +184,36 @@ class Compiler:
             policies = self._pod_policies.get(key, set())
             if not policies and not deny:
                 continue
-            local_keys.add(key)
-            policy_keys |= policies
+            for pkey in policies:
+                applied.setdefault(pkey, []).append(key)
             named = tuple(sorted((p.name, p.protocol, p.port) for p in pod.ports if p.name))
             local.append(LocalPod(key, pod.addresses, named, deny))
         compiled = []
-        for pkey in sorted(policy_keys):
+        for pkey in sorted(applied):
             policy, code = self._policies[pkey], self._policy_code[pkey]
             compiled.append(
                 CompiledPolicy(
                     key=pkey,
-                    applied_to=tuple(sorted(self._selected[pkey] & local_keys)),
+                    applied_to=tuple(applied[pkey]),
                     isolates=policy.policy_types,
                     ingress=code.ingress,
                     egress=code.egress,
                 )
             )
         return NodeRules(node, tuple(local), tuple(compiled), self._default_deny.allow_dns)
+
+    # ---- events ------------------------------------------------------------------------------
+
+    def upsert(self, obj: ApiObject) -> None:
+        """Add or replace any kind of object (what a watch ADDED/MODIFIED event means)."""
+        if isinstance(obj, Namespace):
+            self.upsert_namespace(obj)
+        elif isinstance(obj, Pod):
+            self.upsert_pod(obj)
+        elif isinstance(obj, NetworkPolicy):
+            self.upsert_policy(obj)
+        else:
+            self.upsert_node(obj)
 
     # ---- configuration and nodes -----------------------------------------------------------
 
@@ -226,25 +250,19 @@ class Compiler:
     def _rematch_namespace(self, name: str) -> None:
         """Namespace labels changed: re-evaluate the peers that select namespaces by label."""
         labels = namespace_labels(self._namespaces, name)
-        matching = self._ns_peers_matching.setdefault(name, set())
-        for peer in self._ns_peers:
+        before = self._ns_peers_matching.get(name, set())
+        after = set(self._ns_peer_index.matching(labels))
+        self._ns_peers_matching[name] = after
+        for peer in before ^ after:
             assert isinstance(peer, PodPeer)
-            now = peer.matches_namespace(name, labels)
-            if now == (peer in matching):
-                continue
             state = self._peers[peer]
-            if now:
-                matching.add(peer)
-            else:
-                matching.discard(peer)
-            for key in self._pods_by_ns.get(name, ()):
-                pod = self._pods[key]
-                if pod.addresses and peer.pod_selector.matches(pod.labels):
-                    if now:
-                        state.members.add(key)
+            for pod in self._pods_selected(name, peer.pod_selector):
+                if pod.addresses:
+                    if peer in after:
+                        state.members.add(pod.key)
                     else:
-                        state.members.discard(key)
-                    self._dirty_groups |= state.group_names()
+                        state.members.discard(pod.key)
+                    self._dirty_groups |= self._groups_of(state, pod)
 
     # ---- pods ------------------------------------------------------------------------------------
 
@@ -268,13 +286,15 @@ class Compiler:
             self._rematch_namespace(pod.namespace)  # first sight of this namespace
         self._pods[key] = pod
         self._pods_by_ns.setdefault(pod.namespace, set()).add(key)
+        for label in _label_keys(pod):
+            self._pods_by_label.setdefault(label, set()).add(key)
         if pod.node:
             self._pods_by_node.setdefault(pod.node, set()).add(key)
         if pod.addresses:
             for peer in self._peers_matching(pod):
                 state = self._peers[peer]
                 state.members.add(key)
-                self._dirty_groups |= state.group_names()
+                self._dirty_groups |= self._groups_of(state, pod)
         index = self._policy_index.get(pod.namespace)
         policies = set(index.matching(pod.labels)) if index is not None else set()
         for pkey in policies:
@@ -290,13 +310,53 @@ class Compiler:
             for peer in self._peers_matching(pod):
                 state = self._peers[peer]
                 state.members.discard(key)
-                self._dirty_groups |= state.group_names()
+                self._dirty_groups |= self._groups_of(state, pod)
         for pkey in self._pod_policies.pop(key, ()):
             self._selected[pkey].discard(key)
         del self._pods[key]
         self._pods_by_ns[pod.namespace].discard(key)
+        for label in _label_keys(pod):
+            bucket = self._pods_by_label[label]
+            bucket.discard(key)
+            if not bucket:
+                del self._pods_by_label[label]
         if pod.node:
             self._pods_by_node[pod.node].discard(key)
+
+    def _pods_selected(self, namespace: str, selector: LabelSelector) -> Iterator[Pod]:
+        """Pods of ``namespace`` that ``selector`` matches, looking only at the pods that
+        carry the rarest label (key, or key=value) the selector requires."""
+        candidates: AbstractSet[str] = self._pods_by_ns.get(namespace, _NONE)
+        size = len(candidates)
+        index = self._pods_by_label
+        for key, values in selector.required_keys():
+            if values is None:
+                bucket: AbstractSet[str] = index.get((namespace, key, None), _NONE)
+            elif len(values) == 1:
+                bucket = index.get((namespace, key, values[0]), _NONE)
+            else:
+                bucket = set().union(*(index.get((namespace, key, v), _NONE) for v in values))
+            if len(bucket) < size:
+                candidates, size = bucket, len(bucket)
+        pods = self._pods
+        if selector.is_empty:
+            yield from (pods[key] for key in candidates)
+            return
+        for key in candidates:
+            pod = pods[key]
+            if selector.matches(pod.labels):
+                yield pod
+
+    def _groups_of(self, state: _PeerState, pod: Pod) -> set[str]:
+        """The groups of ``state`` whose contents depend on ``pod`` (a member): the address
+        group, and the port groups whose named port the pod actually has."""
+        names = {state.address_group} if state.address_group is not None else set()
+        for name in state.port_groups:
+            port = self._groups[name].port
+            assert port is not None
+            if pod.named_port(*port) is not None:
+                names.add(name)
+        return names
 
     def _peers_matching(self, pod: Pod) -> Iterable[Peer]:
         index = self._peer_index.get(pod.namespace)
@@ -346,11 +406,7 @@ class Compiler:
         self._policy_index.setdefault(policy.namespace, SelectorIndex()).add(
             key, policy.pod_selector
         )
-        selected = {
-            k
-            for k in self._pods_by_ns.get(policy.namespace, ())
-            if policy.pod_selector.matches(self._pods[k].labels)
-        }
+        selected = {p.key for p in self._pods_selected(policy.namespace, policy.pod_selector)}
         self._selected[key] = selected
         for k in selected:
             self._pod_policies.setdefault(k, set()).add(key)
@@ -453,24 +509,26 @@ class Compiler:
             self._peer_index.setdefault(peer.namespace, SelectorIndex()).add(
                 peer, peer.pod_selector
             )
-            candidates: Iterable[str] = self._pods_by_ns.get(peer.namespace, ())
+            namespaces: Iterable[str] = (peer.namespace,)
         elif isinstance(peer, PodPeer):
-            self._ns_peers.add(peer)
-            keys: list[str] = []
-            for ns in set(self._namespaces) | set(self._pods_by_ns):
+            assert peer.namespace_selector is not None
+            self._ns_peer_index.add(peer, peer.namespace_selector)
+            # every namespace seen so far has an entry (see _add_pod and upsert_namespace)
+            namespaces = []
+            for ns, matching in self._ns_peers_matching.items():
                 if peer.matches_namespace(ns, namespace_labels(self._namespaces, ns)):
-                    self._ns_peers_matching.setdefault(ns, set()).add(peer)
-                    keys.extend(self._pods_by_ns.get(ns, ()))
-            candidates = keys
+                    matching.add(peer)
+                    namespaces.append(ns)
         else:
             self._scan_peers.add(peer)
-            candidates = self._pods
-        for key in candidates:
-            pod = self._pods[key]
-            if pod.addresses and peer_matches_pod(
-                peer, pod, namespace_labels(self._namespaces, pod.namespace)
-            ):
-                state.members.add(key)
+            for pod in self._pods.values():
+                if pod.addresses and peer_matches_pod(peer, pod, {}):  # labels unused here
+                    state.members.add(pod.key)
+            return
+        for ns in namespaces:
+            state.members.update(
+                p.key for p in self._pods_selected(ns, peer.pod_selector) if p.addresses
+            )
 
     def _untrack_peer(self, state: _PeerState) -> None:
         peer = state.peer
@@ -479,7 +537,7 @@ class Compiler:
             assert peer.namespace is not None
             self._peer_index[peer.namespace].remove(peer)
         elif isinstance(peer, PodPeer):
-            self._ns_peers.discard(peer)
+            self._ns_peer_index.remove(peer)
             for matching in self._ns_peers_matching.values():
                 matching.discard(peer)
         else:

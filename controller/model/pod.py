@@ -6,6 +6,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from controller.model.errors import ParseError
@@ -42,7 +43,7 @@ class Pod:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    @property
+    @cached_property
     def addresses(self) -> tuple[IPAddress, ...]:
         """The IPs that identify this pod as a policy peer and enforcement target.
 

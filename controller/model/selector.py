@@ -54,7 +54,10 @@ class LabelSelector:
     requirements: tuple[Requirement, ...] = ()
 
     def matches(self, labels: Labels) -> bool:
-        return all(r.matches(labels) for r in self.requirements)
+        for r in self.requirements:  # noqa: SIM110 - a plain loop: the compiler's hottest call
+            if not r.matches(labels):
+                return False
+        return True
 
     @property
     def is_empty(self) -> bool:
@@ -70,6 +73,17 @@ class LabelSelector:
             for r in self.requirements
             if r.operator is Operator.IN and len(r.values) == 1
         )
+
+    def required_keys(self) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+        """For each positive requirement (``In``, ``Exists``): its key and the values one of
+        which an object must carry (``None``: any value). Objects lacking them cannot match."""
+        out: list[tuple[str, tuple[str, ...] | None]] = []
+        for r in self.requirements:
+            if r.operator is Operator.IN:
+                out.append((r.key, r.values))
+            elif r.operator is Operator.EXISTS:
+                out.append((r.key, None))
+        return tuple(out)
 
     def canonical(self) -> list[list[Any]]:
         """A JSON-ready form that is equal for equal selectors (used to name groups)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from controller.compiler import compile_objects
@@ -82,7 +83,7 @@ def test_reused_ip_never_inherits_the_old_pods_allowance() -> None:
 def test_terminated_pod_leaves_groups_and_node_rules() -> None:
     a = pod("a", "x", "10.0.0.1", app="a")
     c = compile_objects([a, policy("p", "x", **FROM_APP_A)])
-    c.upsert_pod(Pod(**{**a.__dict__, "phase": "Succeeded"}))
+    c.upsert_pod(dataclasses.replace(a, phase="Succeeded"))
     (name,) = c.group_names()
     group = c.group(name)
     assert isinstance(group, AddressGroup) and not group.addresses

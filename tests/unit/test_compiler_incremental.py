@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.compiler import Compiler, compile_objects
-from controller.model import ApiObject, Namespace, NetworkPolicy, Node, Pod, parse_object
+from controller.model import ApiObject, NetworkPolicy, Pod, parse_object
 from controller.model.config import DefaultDeny
 from tests.cluster_strategies import NODES, GeneratedCluster, clusters
 
@@ -21,17 +23,6 @@ def _outputs(c: Compiler) -> tuple[dict[str, object], dict[str, object]]:
     groups = {name: c.group(name) for name in c.group_names()}
     nodes = {node: c.node_rules(node) for node in NODES}
     return groups, nodes
-
-
-def _feed(c: Compiler, obj: ApiObject) -> None:
-    if isinstance(obj, Namespace):
-        c.upsert_namespace(obj)
-    elif isinstance(obj, Pod):
-        c.upsert_pod(obj)
-    elif isinstance(obj, NetworkPolicy):
-        c.upsert_policy(obj)
-    elif isinstance(obj, Node):
-        c.upsert_node(obj)
 
 
 @settings(max_examples=300, deadline=None)
@@ -55,7 +46,7 @@ def test_events_equal_fresh_compile(a: GeneratedCluster, b: GeneratedCluster, rn
             kind, key = event
             (incremental.delete_pod if kind == "pod" else incremental.delete_policy)(key)
         else:
-            _feed(incremental, event)
+            incremental.upsert(event)
     changes = incremental.take_changes()
 
     fresh = compile_objects(after, CONFIG)
@@ -91,5 +82,5 @@ def test_status_only_pod_update_reports_nothing() -> None:
     c = compile_objects([pod, policy])
     assert c.take_changes()
     assert isinstance(pod, Pod)
-    c.upsert_pod(Pod(**{**pod.__dict__, "phase": "Running"}))
+    c.upsert_pod(dataclasses.replace(pod, phase="Running"))
     assert not c.take_changes()

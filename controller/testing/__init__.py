@@ -1,0 +1,1 @@
+"""Test helpers that need no cluster: a real etcd + kube-apiserver (see ``apiserver``)."""
