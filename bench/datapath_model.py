@@ -146,7 +146,9 @@ def typical(n_policies: int) -> ClusterModel:
         selector = {"matchLabels": {"app": f"a{app}"}}
         variant = k % 4
         if variant == 0:
-            peers = [{"podSelector": {"matchLabels": {"app": f"a{(app + n_ns) % n_apps}"}}}]
+            peers: list[dict[str, Any]] = [
+                {"podSelector": {"matchLabels": {"app": f"a{(app + n_ns) % n_apps}"}}}
+            ]
             ports: list[dict[str, Any]] = [{"protocol": "TCP", "port": 80}]
         elif variant == 1:
             peers = [{"namespaceSelector": {"matchLabels": {"team": f"t{k % 3}"}}}]
