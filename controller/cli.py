@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +19,7 @@ from controller.agent.nft_text import to_text
 from controller.agent.render import RenderOptions, render
 from controller.compiler import compile_objects, groups_for
 from controller.gc_tuning import tune_for_large_heaps
+from controller.kube.config import api_client
 from controller.manifests import ManifestError, load_objects
 from controller.model import ParseError
 from controller.model.config import DefaultDeny
@@ -76,18 +80,78 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_ruleset_args(apply_p)
     apply_p.add_argument("--netns", help="named network namespace to apply in (ip netns)")
+    operator_p = sub.add_parser("operator", help="run the central operator (kopf)")
+    operator_p.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)"
+    )
+    operator_p.add_argument(
+        "--default-deny", default="none", metavar="DIRS", help="cluster-wide default deny"
+    )
+    operator_p.add_argument("--exempt-namespace", action="append", default=None, metavar="NS")
+    operator_p.add_argument("--no-dns-allowance", action="store_true")
+    operator_p.add_argument("--lease-namespace", default="kube-system")
+    operator_p.add_argument("--identity", help="leader-election identity (default: hostname-pid)")
+    agent_p = sub.add_parser("agent", help="run the node agent")
+    agent_p.add_argument("--node", required=True, help="this node's name")
+    agent_p.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)"
+    )
+    agent_p.add_argument("--netns", help="apply in this named network namespace (tests)")
+    agent_p.add_argument("--resync-period", type=float, default=30.0, metavar="SECONDS")
+    agent_p.add_argument("--no-conntrack-cleanup", action="store_true")
+    agent_p.add_argument("--no-log", action="store_true", help="do not NFLOG dropped packets")
+    for p in (operator_p, agent_p):
+        p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
 
-def _build(args: argparse.Namespace) -> dict[str, object]:
+def _default_deny(args: argparse.Namespace) -> DefaultDeny:
     directions = parse_direction_set(args.default_deny, "--default-deny", "value")
     exempt = frozenset(args.exempt_namespace) if args.exempt_namespace is not None else None
-    config = DefaultDeny(
+    return DefaultDeny(
         directions=directions,
         allow_dns=not args.no_dns_allowance,
         **({"exempt_namespaces": exempt} if exempt is not None else {}),
     )
-    compiler = compile_objects(load_objects(args.paths), config)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "operator":
+        from controller.operator.engine import OperatorConfig
+        from controller.operator.run import run_operator
+
+        identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
+        run_operator(
+            api_client(args.kubeconfig),
+            OperatorConfig(
+                default_deny=_default_deny(args),
+                lease_namespace=args.lease_namespace,
+                identity=identity,
+            ),
+        )
+        return 0
+    from controller.agent.agent import Agent, AgentConfig
+
+    config = AgentConfig(
+        node=args.node,
+        netns=args.netns,
+        resync_period=args.resync_period,
+        conntrack_cleanup=not args.no_conntrack_cleanup,
+        render=RenderOptions(log_group=None) if args.no_log else RenderOptions(),
+    )
+    try:
+        Agent(api_client(args.kubeconfig), config).run_forever()
+    except KernelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _build(args: argparse.Namespace) -> dict[str, object]:
+    compiler = compile_objects(load_objects(args.paths), _default_deny(args))
     rules = compiler.node_rules(args.node)
     known = compiler.node_names()
     if args.node not in known:
@@ -102,6 +166,12 @@ def _build(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     tune_for_large_heaps()
+    if args.command in ("operator", "agent"):
+        try:
+            return _serve(args)
+        except ParseError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         ruleset = _build(args)
     except (ManifestError, ParseError) as e:

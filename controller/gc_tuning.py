@@ -17,4 +17,3 @@ def tune_for_large_heaps() -> None:
     """Call once at process start."""
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, max(middle, 50), max(old, 1000))
-

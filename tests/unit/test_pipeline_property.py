@@ -8,13 +8,13 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 
 from controller.agent.render import render
+from controller.agent.verdict import Ruleset, cluster_allows
 from controller.compiler import compile_objects, groups_for
 from controller.model import Pod, Protocol, parse_object
 from controller.model.config import DefaultDeny
 from controller.model.direction import parse_direction_set
 from controller.semantics import Snapshot, evaluate
 from tests.cluster_strategies import NODES, GeneratedCluster, clusters
-from tests.nft_interpreter import Ruleset, cluster_allows
 
 PORTS = (53, 80, 81, 8080)
 OUTSIDERS = ("10.244.3.7", "192.0.2.1", "fd00:244:3::7", "2001:db8::1")

@@ -1,10 +1,11 @@
-"""A tiny interpreter of the rulesets ``render`` emits, for pure property tests.
+"""Evaluate a *new* connection against a rendered ruleset, in Python.
 
-It evaluates a *new* connection through one node's ``forward`` chain the way nf_tables does
-(verdict-map jump, set lookups, return/drop/accept, base policy). It knows only the subset of
-the JSON schema the renderer uses and fails loudly on anything else. The integration tests
-check the same rulesets against the real kernel; this lets hypothesis explore thousands of
-clusters per second.
+It walks one node's ``forward`` chain the way nf_tables does (verdict-map jump, set lookups,
+return/drop/accept, base policy). The agent uses it to find established flows that a new
+ruleset no longer allows (to remove them from conntrack), and property tests use it to check
+compile + render against the reference semantics on thousands of clusters per second; the
+integration tests check that the kernel agrees. It knows only the subset of the JSON schema
+the renderer emits and raises on anything else.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class Ruleset:
         for command in document["nftables"]:
             ((verb, obj),) = command.items()
             if verb == "delete":
-                self.sets.clear(), self.maps.clear(), self.chains.clear()
+                self.sets.clear()
+                self.maps.clear()
+                self.chains.clear()
                 continue
             ((kind, spec),) = obj.items()
             if kind == "chain":
@@ -128,7 +131,9 @@ def _in_concat(elem: Any, values: list[Any]) -> bool:
 def _num(v: Any) -> int:
     if isinstance(v, int):
         return v
-    return int(ipaddress.ip_address(v)) if not isinstance(v, ipaddress._BaseAddress) else int(v)
+    if isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return int(v)
+    return int(ipaddress.ip_address(v))
 
 
 def cluster_allows(

@@ -1,0 +1,1 @@
+"""Adapters to the Kubernetes API (the only modules that talk to the API server)."""

@@ -1,0 +1,106 @@
+"""Leader election on a coordination.k8s.io/v1 Lease (what client-go's leaderelection does).
+
+Every operator replica keeps watching and compiling (a hot standby); only the holder of the
+lease publishes. The holder renews every ``renew`` seconds; another replica takes over once
+``duration`` seconds pass without a renewal. Updates carry the resourceVersion they read, so
+two replicas can never both believe they won the same term.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LeaseElector:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration: int = 15,
+    ) -> None:
+        self.coordination = client.CoordinationV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.duration = duration
+        self.is_leader = False
+
+    def try_acquire_or_renew(self) -> bool:
+        """One election round; returns whether we hold the lease afterwards."""
+        try:
+            held = self._round()
+        except ApiException as e:
+            if e.status != 409:  # 409: someone else wrote first this round
+                log.warning("lease %s/%s: %s %s", self.namespace, self.name, e.status, e.reason)
+            held = False
+        except Exception as e:  # API unreachable: we cannot renew, so we are not leader
+            log.warning(
+                "lease %s/%s: cannot reach the API server: %s", self.namespace, self.name, e
+            )
+            held = False
+        if held != self.is_leader:
+            log.warning(
+                "%s leadership of %s/%s", "acquired" if held else "lost", self.namespace, self.name
+            )
+        self.is_leader = held
+        return held
+
+    def _round(self) -> bool:
+        now = _now()
+        try:
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            body = client.V1Lease(
+                metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
+                spec=self._spec(now, now, 0),
+            )
+            self.coordination.create_namespaced_lease(self.namespace, body)
+            return True
+        spec = lease.spec or client.V1LeaseSpec()
+        holder = spec.holder_identity
+        renewed = spec.renew_time or spec.acquire_time
+        duration = spec.lease_duration_seconds or self.duration
+        expired = renewed is None or now - renewed > timedelta(seconds=duration)
+        if holder != self.identity and not expired:
+            return False
+        transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
+        acquired = spec.acquire_time if holder == self.identity and spec.acquire_time else now
+        lease.spec = self._spec(acquired, now, transitions)
+        self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+        return True
+
+    def _spec(self, acquired: datetime, renewed: datetime, transitions: int) -> client.V1LeaseSpec:
+        return client.V1LeaseSpec(
+            holder_identity=self.identity,
+            lease_duration_seconds=self.duration,
+            acquire_time=acquired,
+            renew_time=renewed,
+            lease_transitions=transitions,
+        )
+
+    def release(self) -> None:
+        """Give the lease up at shutdown so a standby takes over at once."""
+        if not self.is_leader:
+            return
+        try:
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            if lease.spec and lease.spec.holder_identity == self.identity:
+                lease.spec.renew_time = _now() - timedelta(seconds=self.duration + 1)
+                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+        except Exception as e:
+            log.warning("could not release lease: %s", e)
+        self.is_leader = False

@@ -1,0 +1,1 @@
+"""The central operator: watches the cluster, compiles, publishes custom resources."""

@@ -1,0 +1,173 @@
+"""kopf wiring: watch handlers feed the engine; background tasks publish and hold the lease.
+
+Watches use ``@kopf.on.event`` only (no finalizers, no annotations written on users' objects).
+Each kind also has a key-only ``@kopf.index``: kopf fills every index from the initial listing
+before it calls any resource handler, so the first handler call can record the complete set
+of objects the engine must have seen before its first publish (no partial view is published
+after a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from kubernetes import client
+
+from controller.kube.lease import LeaseElector
+from controller.kube.publisher import execute, list_published
+from controller.operator.engine import Engine, OperatorConfig
+from controller.resources import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+RESOURCES = {
+    "Namespace": ("", "v1", "namespaces"),
+    "Pod": ("", "v1", "pods"),
+    "Node": ("", "v1", "nodes"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+}
+LEASE_RENEW = 2.0
+
+
+def build_registry(
+    engine: Engine, api: client.ApiClient, elector: LeaseElector
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    custom = client.CustomObjectsApi(api)
+    index_names = {kind: f"nftpolicy_{kind.lower()}_keys" for kind in RESOURCES}
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(api)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True  # leadership is the Lease's job (see lease.py)
+        settings.posting.level = logging.ERROR
+        settings.watching.server_timeout = 270
+        settings.watching.client_timeout = 300
+        settings.networking.request_timeout = 30
+        asyncio.create_task(_lease_loop(elector))
+        asyncio.create_task(_publish_loop(engine, custom, elector))
+
+    for kind, (group, version, plural) in RESOURCES.items():
+        _register_kind(registry, engine, kind, group, version, plural, index_names)
+
+    @kopf.on.event(GROUP, VERSION, "noderules", registry=registry)
+    async def noderules_status(body: kopf.Body, **_: Any) -> None:
+        applied = (body.get("status") or {}).get("appliedGeneration")
+        if applied is None:
+            return
+        engine.enforcement.reported(body["metadata"]["name"], int(applied))
+        for policy, nodes, seconds in engine.enforcement.done(time.monotonic()):
+            ref = engine.policy_refs.get(policy)
+            if ref is not None:
+                kopf.event(
+                    cast(kopf.Body, ref),
+                    type="Normal",
+                    reason="Enforced",
+                    message=f"enforced on {nodes} node(s) {seconds * 1000:.0f} ms after the change",
+                )
+
+    return registry
+
+
+def connection_info(api: client.ApiClient) -> kopf.ConnectionInfo:
+    """kopf's credentials, from the same client configuration the rest of the process uses
+    (loaded once by the CLI from --kubeconfig or the in-cluster service account)."""
+    cfg = api.configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
+def _register_kind(
+    registry: kopf.OperatorRegistry,
+    engine: Engine,
+    kind: str,
+    group: str,
+    version: str,
+    plural: str,
+    index_names: Mapping[str, str],
+) -> None:
+    namespaced = kind in ("Pod", "NetworkPolicy")
+
+    def index_fn(name: str, namespace: str | None, **_: Any) -> dict[tuple[str, str], None]:
+        key = f"{namespace}/{name}" if namespaced else name
+        return {(kind, key): None}
+
+    kopf.index(group, version, plural, id=index_names[kind], registry=registry)(index_fn)
+
+    async def event_fn(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+        if engine.expected is None:
+            keys: set[tuple[str, str]] = set()
+            for name in index_names.values():
+                keys.update(kwargs[name])
+            engine.expect(keys)
+            log.info("initial listing: %d objects", len(keys))
+        if type == "DELETED":
+            engine.forget(kind, body)
+            return
+        error = engine.feed(kind, body)
+        if error is not None and kind == "NetworkPolicy":
+            kopf.warn(body, reason="InvalidPolicy", message=f"not enforced: {error}")
+
+    kopf.on.event(group, version, plural, id=f"nftpolicy-{plural}", registry=registry)(event_fn)
+
+
+async def _lease_loop(elector: LeaseElector) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            await loop.run_in_executor(None, elector.try_acquire_or_renew)
+            await asyncio.sleep(LEASE_RENEW)
+    finally:
+        await loop.run_in_executor(None, elector.release)
+
+
+async def _publish_loop(
+    engine: Engine, custom: client.CustomObjectsApi, elector: LeaseElector
+) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(engine.config.publish_interval)
+        if not elector.is_leader:
+            if engine.published is not None:
+                engine.stop_leading()
+            continue
+        if not engine.synced:
+            continue
+        try:
+            if engine.published is None:
+                published = await loop.run_in_executor(None, list_published, custom)
+                engine.start_leading(published)
+                log.info("leading: %d objects published, planning the differences", len(published))
+            writes = engine.prepare()
+            if writes:
+                done, sent = await loop.run_in_executor(None, execute, custom, writes)
+                engine.written(done, sent)
+        except Exception:
+            log.exception("publishing failed; retrying")
+            await asyncio.sleep(1.0)
+
+
+def run_operator(api: client.ApiClient, config: OperatorConfig) -> None:
+    engine = Engine(config)
+    elector = LeaseElector(api, config.lease_namespace, config.lease_name, config.identity)
+    registry = build_registry(engine, api, elector)
+    kopf.run(registry=registry, clusterwide=True, standalone=True)

@@ -1,0 +1,1 @@
+"""Decide which custom-resource writes bring the published state to the desired state."""

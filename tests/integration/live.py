@@ -1,0 +1,205 @@
+"""A live nftpolicy installation for tests: real API server, operator and one agent per node.
+
+Pods are network namespaces (``NetnsCluster``) and Pod objects whose status the harness
+patches the way a kubelet would. The operator and the agents run as real processes of the
+``nftpolicy`` command; agents run in the test's network namespace and apply into their node's
+namespace (``--netns``), as a hostNetwork DaemonSet pod would on its node.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from controller.testing.apiserver import TestControlPlane
+from tests.integration.netns_cluster import NetnsCluster, Probe
+
+ROOT = Path(__file__).parents[2]
+CRDS = ROOT / "charts" / "nftpolicy" / "crds"
+
+
+def install_crds(plane: TestControlPlane) -> None:
+    subprocess.run(
+        [
+            plane.kubectl_path or "kubectl",
+            "--kubeconfig",
+            str(plane.kubeconfig),
+            "apply",
+            "-f",
+            str(CRDS),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            plane.kubectl_path or "kubectl",
+            "--kubeconfig",
+            str(plane.kubeconfig),
+            "wait",
+            "--for",
+            "condition=Established",
+            "crd/addressgroups.nftpolicy.io",
+            "crd/noderules.nftpolicy.io",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+class Live:
+    def __init__(self, plane: TestControlPlane, net: NetnsCluster, logs: Path) -> None:
+        self.plane = plane
+        self.net = net
+        self.logs = logs
+        self.api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.ns = f"t-{uuid.uuid4().hex[:6]}"  # namespaces never go away without a KCM
+
+    # ---- processes -------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.processes[name] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controller.cli",
+                *args,
+                "--kubeconfig",
+                str(self.plane.kubeconfig),
+                "--log-level",
+                "debug",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def start_operator(self, name: str = "operator") -> None:
+        self._spawn(name, ["operator", "--lease-namespace", "default", "--identity", name])
+
+    def start_agent(self, node: str) -> None:
+        self._spawn(
+            f"agent-{node}",
+            ["agent", "--node", node, "--netns", self.net.node_netns(node), "--resync-period", "5"],
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.processes.pop(name)
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        for name in list(self.processes):
+            self.kill(name)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    # ---- cluster objects -------------------------------------------------------------------
+
+    def add_node(self, name: str, index: int) -> None:
+        node = self.net.add_node(name, f"10.{100 + index}.0.0/24")
+        self.core.create_node(
+            {
+                "metadata": {"name": name},
+                "spec": {"podCIDR": node.pod_cidr_v4, "podCIDRs": [node.pod_cidr_v4]},
+            }
+        )
+        self.core.patch_node_status(
+            name, {"status": {"addresses": [{"type": "InternalIP", "address": node.ipv4}]}}
+        )
+
+    def add_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        self.core.create_namespace({"metadata": {"name": name, "labels": labels or {}}})
+
+    def add_pod(
+        self,
+        ns: str,
+        name: str,
+        node: str,
+        ip: str,
+        labels: dict[str, str],
+        ports: Sequence[int] = (80,),
+    ) -> None:
+        self.net.add_pod(ns, name, node, ip, tcp_ports=ports, udp_ports=ports)
+        container = {
+            "name": "c",
+            "image": "agnhost",
+            "ports": [{"containerPort": p, "name": f"p{p}"} for p in ports],
+        }
+        self.core.create_namespaced_pod(
+            ns,
+            {
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"nodeName": node, "containers": [container]},
+            },
+        )
+        self.core.patch_namespaced_pod_status(
+            name, ns, {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+        )
+
+    def label_pod(self, ns: str, name: str, labels: dict[str, Any]) -> None:
+        self.core.patch_namespaced_pod(name, ns, {"metadata": {"labels": labels}})
+
+    def apply_policy(self, ns: str, policy: dict[str, Any]) -> None:
+        body = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", **policy}
+        name = body["metadata"]["name"]
+        try:
+            self.networking.read_namespaced_network_policy(name, ns)
+            self.networking.replace_namespaced_network_policy(name, ns, body)
+        except client.exceptions.ApiException as e:
+            if e.status != 404:
+                raise
+            self.networking.create_namespaced_network_policy(ns, body)
+
+    def delete_policy(self, ns: str, name: str) -> None:
+        self.networking.delete_namespaced_network_policy(name, ns)
+
+    # ---- observing -------------------------------------------------------------------------
+
+    def wait_for(
+        self, probes: Sequence[Probe], expected: Sequence[bool], timeout: float = 10.0
+    ) -> float:
+        """Probe until the results equal ``expected``; returns the seconds it took."""
+        start = time.monotonic()
+        last: list[bool] = []
+        while time.monotonic() - start < timeout:
+            last = self.net.probe_many(probes, 0.3)
+            if last == list(expected):
+                return time.monotonic() - start
+        raise AssertionError(
+            f"not converged after {timeout:.0f} s: got {last}, want {list(expected)}\n"
+            + "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.processes)
+        )
+
+    def events(self, ns: str, name: str) -> list[str]:
+        items = self.core.list_namespaced_event(
+            ns, field_selector=f"involvedObject.name={name}"
+        ).items
+        return [f"{e.reason}: {e.message}" for e in items]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
