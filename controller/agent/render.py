@@ -296,6 +296,29 @@ def _commands(
     return cmds
 
 
+def _set(name: str, type_: str | list[str], elements: list[Any]) -> dict[str, Any]:
+    """An interval set (disjoint elements, see intervals.py)."""
+    return {
+        "add": {
+            "set": {
+                **_in_table(),
+                "name": name,
+                "type": type_,
+                "flags": ["interval"],
+                "elem": elements,
+            }
+        }
+    }
+
+
+def _lookup(key: dict[str, Any], set_name: str, comment: str) -> dict[str, Any]:
+    """A rule that returns (allows, for this chain) when ``key`` is in the set."""
+    return {
+        "expr": [{"match": {"op": "==", "left": key, "right": f"@{set_name}"}}, {"return": None}],
+        "comment": _comment(comment),
+    }
+
+
 def _chain_commands(chain: _Chain, opts: RenderOptions) -> list[dict[str, Any]]:
     table = _in_table()
     peer_field = "saddr" if chain.direction is Direction.INGRESS else "daddr"
@@ -304,70 +327,32 @@ def _chain_commands(chain: _Chain, opts: RenderOptions) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = []
     for v in (4, 6):
         addr_type = "ipv4_addr" if v == 4 else "ipv6_addr"
+        peer = _payload(v, peer_field)
         if chain.any[v]:
-            set_name = f"{chain.name}-a{v}"
             cmds.append(
-                {
-                    "add": {
-                        "set": {
-                            **table,
-                            "name": set_name,
-                            "type": addr_type,
-                            "flags": ["interval"],
-                            "elem": [_addr_elem(v, lo, hi) for lo, hi in chain.any[v]],
-                        }
-                    }
-                }
+                _set(
+                    f"{chain.name}-a{v}",
+                    addr_type,
+                    [_addr_elem(v, lo, hi) for lo, hi in chain.any[v]],
+                )
             )
-            rules.append(
-                {
-                    "expr": [
-                        {
-                            "match": {
-                                "op": "==",
-                                "left": _payload(v, peer_field),
-                                "right": f"@{set_name}",
-                            }
-                        },
-                        {"return": None},
-                    ],
-                    "comment": _comment(f"allow all traffic: {sources}"),
-                }
-            )
+            rules.append(_lookup(peer, f"{chain.name}-a{v}", f"allow all traffic: {sources}"))
         if chain.boxes[v]:
-            set_name = f"{chain.name}-p{v}"
+            elements = [
+                {"concat": [_addr_elem(v, lo, hi), proto, _port_elem(plo, phi)]}
+                for proto, lo, hi, plo, phi in chain.boxes[v]
+            ]
             cmds.append(
-                {
-                    "add": {
-                        "set": {
-                            **table,
-                            "name": set_name,
-                            "type": [addr_type, "inet_proto", "inet_service"],
-                            "flags": ["interval"],
-                            "elem": [
-                                {"concat": [_addr_elem(v, lo, hi), proto, _port_elem(plo, phi)]}
-                                for proto, lo, hi, plo, phi in chain.boxes[v]
-                            ],
-                        }
-                    }
-                }
+                _set(f"{chain.name}-p{v}", [addr_type, "inet_proto", "inet_service"], elements)
             )
             key = {
                 "concat": [
-                    _payload(v, peer_field),
+                    peer,
                     {"meta": {"key": "l4proto"}},
                     {"payload": {"protocol": "th", "field": "dport"}},
                 ]
             }
-            rules.append(
-                {
-                    "expr": [
-                        {"match": {"op": "==", "left": key, "right": f"@{set_name}"}},
-                        {"return": None},
-                    ],
-                    "comment": _comment(f"allow ports: {sources}"),
-                }
-            )
+            rules.append(_lookup(key, f"{chain.name}-p{v}", f"allow ports: {sources}"))
     if opts.log_group is not None:
         rules.append(
             {

@@ -131,8 +131,8 @@ def test_missing_bindings_is_a_clear_error() -> None:
     assert "python nftables bindings are not installed" in out and "pip-nftables" in out
 
 
-def test_cli_apply_into_a_netns(scratch_netns: str) -> None:
-    result = subprocess.run(
+def apply_examples(netns_name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -143,12 +143,16 @@ def test_cli_apply_into_a_netns(scratch_netns: str) -> None:
             "--node",
             "node-1",
             "--netns",
-            scratch_netns,
+            netns_name,
         ],
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_cli_apply_into_a_netns(scratch_netns: str) -> None:
+    result = apply_examples(scratch_netns)
     assert result.returncode == 0, result.stderr
     listing = subprocess.run(
         ["ip", "netns", "exec", scratch_netns, "nft", "list", "table", "inet", "nftpolicy"],
@@ -160,23 +164,7 @@ def test_cli_apply_into_a_netns(scratch_netns: str) -> None:
 
 
 def test_cli_apply_reports_kernel_errors_without_traceback() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "apply",
-            "-f",
-            str(EXAMPLES),
-            "--node",
-            "node-1",
-            "--netns",
-            "npk-missing",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = apply_examples("npk-missing")
     assert result.returncode == 1
     assert (
         "Traceback" not in result.stderr
