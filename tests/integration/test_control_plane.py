@@ -77,20 +77,78 @@ def test_policy_lifecycle_is_enforced_within_the_bound(live: Live) -> None:
     live.wait_for(probes, [True, True, True], timeout=CONVERGENCE)
 
 
-def test_invalid_policy_gets_an_event_and_others_keep_working(live: Live) -> None:
-    ns = live.ns
+def allow_a_from(live: Live, peer: dict[str, object]) -> None:
     live.apply_policy(
-        ns,
+        live.ns,
         {
-            "metadata": {"name": "deny-a", "namespace": ns},
-            "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress"]},
+            "metadata": {"name": "a-in", "namespace": live.ns},
+            "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": [peer]}]},
         },
     )
-    live.wait_for([to_a(f"{ns}/b")], [False], timeout=CONVERGENCE)
-    # The API server accepts this, our model refuses it: an except outside its cidr is
-    # validated by newer API servers only, so use a port name we cannot accept instead.
-    # (Upper-case letters are rejected by the API server itself, so nothing else gets here.)
-    status = live.custom.get_cluster_custom_object(
-        "nftpolicy.io", "v1alpha1", "noderules", f"{ns}-n1"
+
+
+def test_namespace_label_change_is_enforced(live: Live) -> None:
+    other = f"{live.ns}-o"
+    live.add_namespace(other, {"team": "x"})
+    live.add_pod(other, "o", f"{live.ns}-n2", "10.102.0.20", {"app": "o"})
+    live.net.wait_ready()
+    allow_a_from(live, {"namespaceSelector": {"matchLabels": {"team": "b"}}})
+    probes = [to_a(f"{other}/o"), to_a(f"{live.ns}/b")]
+    live.wait_for(probes, [False, False], timeout=CONVERGENCE)
+    live.core.patch_namespace(other, {"metadata": {"labels": {"team": "b"}}})
+    live.wait_for(probes, [True, False], timeout=CONVERGENCE)
+    live.core.patch_namespace(other, {"metadata": {"labels": {"team": None}}})
+    live.wait_for(probes, [False, False], timeout=CONVERGENCE)
+
+
+def test_reused_ip_does_not_inherit_the_old_pods_allowance(live: Live) -> None:
+    ns = live.ns
+    allow_a_from(live, {"podSelector": {"matchLabels": {"app": "b"}}})
+    live.wait_for([to_a(f"{ns}/b"), to_a(f"{ns}/c")], [True, False], timeout=CONVERGENCE)
+    # b goes away; a new pod with another label gets b's IP on the same node
+    live.core.delete_namespaced_pod("b", ns, grace_period_seconds=0)
+    live.net.delete_pod(ns, "b")
+    live.add_pod(ns, "d", f"{ns}-n2", B, {"app": "d"})
+    live.net.wait_ready()
+    live.wait_for([to_a(f"{ns}/d")], [False], timeout=CONVERGENCE)
+    live.label_pod(ns, "d", {"app": "b"})
+    live.wait_for([to_a(f"{ns}/d")], [True], timeout=CONVERGENCE)
+
+
+def test_node_add_and_remove(live: Live) -> None:
+    ns = live.ns
+    allow_a_from(live, {"podSelector": {"matchLabels": {"app": "b"}}})
+    n3 = f"{ns}-n3"
+    live.add_node(n3, 3)
+    live.add_pod(ns, "e", n3, "10.103.0.30", {"app": "b"})
+    live.add_pod(ns, "f", n3, "10.103.0.31", {"app": "a"})  # an isolated pod on the new node
+    live.net.wait_ready()
+    live.start_agent(n3)
+    live.wait_for(
+        [to_a(f"{ns}/e"), Probe(f"{ns}/c", "10.103.0.31", 80), Probe(f"{ns}/b", "10.103.0.31", 80)],
+        [True, False, True],
+        timeout=CONVERGENCE * 2,
     )
-    assert status["spec"]["policies"][0]["key"] == f"{ns}/deny-a"
+    eventually(
+        lambda: (
+            live.custom.get_cluster_custom_object("nftpolicy.io", "v1alpha1", "noderules", n3)[
+                "status"
+            ].get("appliedGeneration")
+            is not None
+        ),
+        what="the new node's agent to report",
+    )
+    # the node goes: its pods are deleted, then the Node; its NodeRules disappears
+    for pod in ("e", "f"):
+        live.core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
+    live.core.delete_node(n3)
+    live.kill(f"agent-{n3}")
+
+    def gone() -> bool:
+        try:
+            live.custom.get_cluster_custom_object("nftpolicy.io", "v1alpha1", "noderules", n3)
+        except Exception as e:  # ApiException 404
+            return getattr(e, "status", None) == 404
+        return False
+
+    eventually(gone, what="NodeRules of the removed node to be deleted")
