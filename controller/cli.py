@@ -100,6 +100,21 @@ def _parser() -> argparse.ArgumentParser:
     agent_p.add_argument("--resync-period", type=float, default=30.0, metavar="SECONDS")
     agent_p.add_argument("--no-conntrack-cleanup", action="store_true")
     agent_p.add_argument("--no-log", action="store_true", help="do not NFLOG dropped packets")
+    sandbox_p = sub.add_parser(
+        "sandbox",
+        help="run everything locally (API server, netns nodes and pods, operator, agents)",
+    )
+    sandbox_p.add_argument(
+        "-f",
+        "--filename",
+        dest="paths",
+        action="append",
+        metavar="PATH",
+        help="manifests with Nodes, Namespaces, Pods and NetworkPolicies (default: examples/)",
+    )
+    sandbox_p.add_argument(
+        "--keep", action="store_true", help="keep running after printing the matrices"
+    )
     for p in (operator_p, agent_p):
         p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
@@ -166,6 +181,18 @@ def _build(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     tune_for_large_heaps()
+    if args.command == "sandbox":
+        from controller.sandbox import SandboxError, run_sandbox
+        from controller.testing.apiserver import ControlPlaneError
+
+        try:
+            return run_sandbox(args.paths, args.keep)
+        except (ManifestError, ParseError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except (SandboxError, ControlPlaneError, KernelError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
     if args.command in ("operator", "agent"):
         try:
             return _serve(args)
