@@ -91,7 +91,7 @@ from bench import datapath_model as model  # noqa: E402
 from bench.datapath_model import ClusterModel  # noqa: E402
 from bench.weave_layout import WeaveLayout, build_layout  # noqa: E402
 from controller.agent.kernel import KernelError  # noqa: E402
-from tests.integration.netns_cluster import NetnsError  # noqa: E402
+from controller.testing.netns import NetnsError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLIENT_SOURCE = HERE / "conn_client.c"
@@ -151,7 +151,7 @@ def check_tools(backends: Sequence[str]) -> None:
         missing.append("python nftables bindings (pip install pip-nftables)")
     if missing:
         raise BenchError("missing: " + "; ".join(missing))
-    from tests.integration.netns_cluster import unavailable_reason
+    from controller.testing.netns import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:
@@ -331,7 +331,7 @@ class Testbed:
 
     def start(self) -> None:
         """Create the namespaces, load the ruleset and start the server."""
-        from tests.integration.netns_cluster import NetnsCluster
+        from controller.testing.netns import NetnsCluster
 
         self.cluster = NetnsCluster()
         c = self.cluster

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from controller.testing.apiserver import GoUnavailableError, TestControlPlane, find_binaries
-from tests.integration.netns_cluster import NetnsCluster, cleanup_dead_runs, unavailable_reason
+from controller.testing.netns import NetnsCluster, cleanup_dead_runs, unavailable_reason
 
 
 @pytest.fixture

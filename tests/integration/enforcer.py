@@ -10,9 +10,9 @@ from __future__ import annotations
 from controller.agent.kernel import Kernel
 from controller.agent.render import RenderOptions, render
 from controller.compiler import Compiler, groups_for
-from controller.model import ApiObject, Namespace, NetworkPolicy, Node, Pod
+from controller.model import ApiObject
 from controller.model.config import DefaultDeny
-from tests.integration.netns_cluster import NetnsCluster
+from controller.testing.netns import NetnsCluster
 
 
 class Enforcer:
@@ -26,15 +26,7 @@ class Enforcer:
         self.options = RenderOptions(log_group=None)
 
     def feed(self, obj: ApiObject) -> None:
-        c = self.compiler
-        if isinstance(obj, Namespace):
-            c.upsert_namespace(obj)
-        elif isinstance(obj, Pod):
-            c.upsert_pod(obj)
-        elif isinstance(obj, NetworkPolicy):
-            c.upsert_policy(obj)
-        elif isinstance(obj, Node):
-            c.upsert_node(obj)
+        self.compiler.upsert(obj)
 
     def ruleset(self, node: str) -> dict[str, object]:
         rules = self.compiler.node_rules(node)

@@ -11,8 +11,8 @@ import pytest
 
 from controller.agent.kernel import Kernel
 from controller.model import parse_object
+from controller.testing.netns import NetnsCluster, Probe
 from tests.integration.enforcer import Enforcer
-from tests.integration.netns_cluster import NetnsCluster, Probe
 
 pytestmark = pytest.mark.integration
 

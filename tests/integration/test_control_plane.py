@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from controller.testing.apiserver import TestControlPlane
+from controller.testing.netns import NetnsCluster, Probe
 from tests.integration.live import Live, eventually, install_crds
-from tests.integration.netns_cluster import NetnsCluster, Probe
 
 pytestmark = pytest.mark.integration
 

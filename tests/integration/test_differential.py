@@ -19,14 +19,14 @@ from controller.model import Protocol, parse_object
 from controller.model.config import DefaultDeny
 from controller.model.direction import parse_direction_set
 from controller.semantics import Snapshot, evaluate
-from tests.cluster_strategies import NODES, PORTS, GeneratedCluster, clusters, pod_ipv4, pod_ipv6
-from tests.integration.enforcer import Enforcer
-from tests.integration.netns_cluster import (
+from controller.testing.netns import (
     NetnsCluster,
     Probe,
     cleanup_dead_runs,
     unavailable_reason,
 )
+from tests.cluster_strategies import NODES, PORTS, GeneratedCluster, clusters, pod_ipv4, pod_ipv6
+from tests.integration.enforcer import Enforcer
 
 pytestmark = pytest.mark.integration
 

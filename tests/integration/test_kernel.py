@@ -12,7 +12,7 @@ import pytest
 
 from controller.agent.kernel import Kernel, KernelError
 from controller.agent.netns import NetnsError
-from tests.integration.netns_cluster import unavailable_reason
+from controller.testing.netns import unavailable_reason
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).parents[2] / "examples"

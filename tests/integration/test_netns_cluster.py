@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.netns_cluster import (
+from controller.testing.netns import (
     NetnsCluster,
     PodHandle,
     Probe,

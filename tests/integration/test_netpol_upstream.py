@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.enforcer import Enforcer
-from tests.integration.netns_cluster import (
+from controller.testing.netns import (
     NetnsCluster,
     Probe,
     cleanup_dead_runs,
     unavailable_reason,
 )
+from tests.integration.enforcer import Enforcer
 from tests.netpol_upstream import model
 from tests.netpol_upstream.cases import CASES, Case
 from tests.netpol_upstream.model import ALL_PODS, Addresses, Reachability
