@@ -166,7 +166,7 @@ class Agent:
                 last_check = time.monotonic()
                 self._check_drift()
 
-    def _sync(self, force: bool) -> None:
+    def _sync(self, force: bool, cleanup: bool = False) -> None:
         if not all(i.synced.is_set() for i in self.informers):
             return
         with self._lock:
@@ -187,7 +187,11 @@ class Agent:
             self._report(generation, str(e)[:1000], rules.pods, rules.policies)
             self._applied_at = time.monotonic()  # retry at the next resync, not in a hot loop
             return
-        narrowed = self._applied is not None and ruleset != self._applied
+        # Established flows the new rules deny are removed after every change of rules, after
+        # the first apply of this process (the table it found may be an older, wider one, e.g.
+        # rules changed while the agent was down) and after repairing drift (while the table
+        # was missing or damaged, anything could connect).
+        narrowed = cleanup or ruleset != self._applied
         self._applied = ruleset
         self._applied_chains = _chains(ruleset)
         self._applied_at = time.monotonic()
@@ -235,7 +239,7 @@ class Agent:
             log.warning(
                 "node %s: kernel table changed behind our back; restoring it", self.config.node
             )
-            self._sync(force=True)
+            self._sync(force=True, cleanup=True)
 
     def _report(
         self,

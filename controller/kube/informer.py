@@ -4,7 +4,8 @@ The informer lists (getting a resourceVersion), then watches from there; when th
 it resumes from the last version seen, and when the API server says that version is gone
 (410) it lists again and reports the complete new state, so deletions missed while away are
 not lost. When the API server cannot be reached it retries with capped exponential backoff,
-logging once per outage rather than once per attempt.
+logging once per outage rather than once per attempt, and lists again once it is back (which
+is also when it logs that it is).
 """
 
 from __future__ import annotations
@@ -67,23 +68,27 @@ class Informer:
             try:
                 if version is None:
                     version = self._relist()
+                    if outage_since is not None:
+                        # Said here, when the first request after the outage succeeded: the
+                        # watch that follows only returns when it ends, minutes later.
+                        log.warning(
+                            "%s: API server reachable again after %.1f s",
+                            self.name,
+                            time.monotonic() - outage_since,
+                        )
+                        outage_since = None
                 version = self._watch_from(version)
                 backoff = BACKOFF_START
-                if outage_since is not None:
-                    log.warning(
-                        "%s: API server reachable again after %.1f s",
-                        self.name,
-                        time.monotonic() - outage_since,
-                    )
-                    outage_since = None
             except ApiException as e:
                 if e.status == 410:
                     log.info("%s: watch version expired, listing again", self.name)
                     version = None
                     continue
                 outage_since = self._outage(outage_since, f"API error {e.status}: {e.reason}")
+                version = None  # list again once back (a restarted server may not have it)
             except Exception as e:  # connection refused/reset, timeouts: the API is away
                 outage_since = self._outage(outage_since, f"{type(e).__name__}: {e}")
+                version = None
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, BACKOFF_MAX)

@@ -9,6 +9,7 @@ two replicas can never both believe they won the same term.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 
 from kubernetes import client
@@ -36,9 +37,19 @@ class LeaseElector:
         self.identity = identity
         self.duration = duration
         self.is_leader = False
+        # A renewal still running in an executor thread when the loop is cancelled must not
+        # land after release() and take the lease back.
+        self._lock = threading.Lock()
+        self._released = False
 
     def try_acquire_or_renew(self) -> bool:
         """One election round; returns whether we hold the lease afterwards."""
+        with self._lock:
+            if self._released:
+                return False
+            return self._try_acquire_or_renew()
+
+    def _try_acquire_or_renew(self) -> bool:
         try:
             held = self._round()
         except ApiException as e:
@@ -94,6 +105,11 @@ class LeaseElector:
 
     def release(self) -> None:
         """Give the lease up at shutdown so a standby takes over at once."""
+        with self._lock:
+            self._released = True
+            self._release()
+
+    def _release(self) -> None:
         if not self.is_leader:
             return
         try:

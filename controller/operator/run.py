@@ -40,6 +40,7 @@ def build_registry(
     registry = kopf.OperatorRegistry()
     custom = client.CustomObjectsApi(api)
     index_names = {kind: f"nftpolicy_{kind.lower()}_keys" for kind in RESOURCES}
+    background: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -52,8 +53,17 @@ def build_registry(
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
         settings.networking.request_timeout = 30
-        asyncio.create_task(_lease_loop(elector))
-        asyncio.create_task(_publish_loop(engine, custom, elector))
+        background.append(asyncio.create_task(_publish_loop(engine, custom, elector)))
+        background.append(asyncio.create_task(_lease_loop(elector)))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_background(**_: Any) -> None:
+        # kopf stops its watches at once on SIGTERM but gives other tasks 5 s before it cancels
+        # them: without this the lease would be renewed, and published from a view no longer
+        # fed, for those 5 s, and a standby would take over only afterwards.
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
 
     for kind, (group, version, plural) in RESOURCES.items():
         _register_kind(registry, engine, kind, group, version, plural, index_names)
