@@ -84,7 +84,18 @@ class Informer:
                     log.info("%s: watch version expired, listing again", self.name)
                     version = None
                     continue
-                outage_since = self._outage(outage_since, f"API error {e.status}: {e.reason}")
+                if e.status in (401, 403):
+                    # not an outage: say what to fix, every time (it will not heal by itself)
+                    log.error(
+                        "%s: %s %s: this identity lacks RBAC to list/watch %s "
+                        "(check the ServiceAccount's ClusterRoleBinding)",
+                        self.name,
+                        e.status,
+                        "Unauthorized" if e.status == 401 else "Forbidden",
+                        self.name,
+                    )
+                else:
+                    outage_since = self._outage(outage_since, f"API error {e.status}: {e.reason}")
                 version = None  # list again once back (a restarted server may not have it)
             except Exception as e:  # connection refused/reset, timeouts: the API is away
                 outage_since = self._outage(outage_since, f"{type(e).__name__}: {e}")

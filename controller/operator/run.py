@@ -135,7 +135,10 @@ def _register_kind(
             return
         error = engine.feed(kind, body)
         if error is not None and kind == "NetworkPolicy":
-            kopf.warn(body, reason="InvalidPolicy", message=f"not enforced: {error}")
+            # kopf.warn() would be filtered by settings.posting.level; post it explicitly
+            kopf.event(
+                body, type="Warning", reason="InvalidPolicy", message=f"not enforced: {error}"
+            )
 
     kopf.on.event(group, version, plural, id=f"nftpolicy-{plural}", registry=registry)(event_fn)
 
