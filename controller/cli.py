@@ -117,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     for p in (operator_p, agent_p):
         p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+        p.add_argument(
+            "--metrics-port",
+            type=int,
+            default=0,
+            metavar="PORT",
+            help="serve /metrics (Prometheus text) and /healthz on this port (default 0: off)",
+        )
     return parser
 
 
@@ -141,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
         identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
         run_operator(
             api_client(args.kubeconfig),
+            args.metrics_port,
             OperatorConfig(
                 default_deny=_default_deny(args),
                 lease_namespace=args.lease_namespace,
@@ -158,7 +166,10 @@ def _serve(args: argparse.Namespace) -> int:
         render=RenderOptions(log_group=None) if args.no_log else RenderOptions(),
     )
     try:
-        Agent(api_client(args.kubeconfig), config).run_forever()
+        agent = Agent(api_client(args.kubeconfig), config)
+        if args.metrics_port:
+            agent.metrics.serve(args.metrics_port)
+        agent.run_forever()
     except KernelError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED

@@ -25,6 +25,7 @@ from controller.agent.render import RenderOptions
 from controller.agent.verdict import Ruleset
 from controller.agent.view import AgentView
 from controller.kube.informer import Informer
+from controller.metrics import Metrics
 from controller.resources import (
     ADDRESS_GROUPS,
     GROUP,
@@ -85,6 +86,19 @@ class Agent:
             ),
         ]
         self._worker = threading.Thread(target=self._loop, name="agent-apply", daemon=True)
+        self.metrics = Metrics("nftpolicy_agent")
+        for name, kind, text in (
+            ("applies_total", "counter", "nftables transactions committed"),
+            ("apply_errors_total", "counter", "nftables transactions refused"),
+            ("apply_seconds", "gauge", "duration of the last render + transaction"),
+            ("applied_generation", "gauge", "NodeRules generation in force"),
+            ("pods", "gauge", "isolated local pods in force"),
+            ("policies", "gauge", "policies in force on this node"),
+            ("drift_repairs_total", "counter", "tables restored after a change behind our back"),
+            ("conntrack_removed_total", "counter", "established flows removed after a change"),
+        ):
+            self.metrics.describe(name, kind, text)
+        self.metrics.healthy = self._worker.is_alive
 
     # ---- watch callbacks (informer threads) -----------------------------------------------
 
@@ -180,9 +194,11 @@ class Agent:
         if not force and ruleset == self._applied:
             self._report(generation, None, rules.pods, rules.policies)
             return
+        started = time.monotonic()
         try:
             self.kernel.apply(ruleset)
         except (KernelError, OSError) as e:
+            self.metrics.inc("apply_errors_total")
             log.error("node %s: applying rules failed: %s", self.config.node, e)
             self._report(generation, str(e)[:1000], rules.pods, rules.policies)
             self._applied_at = time.monotonic()  # retry at the next resync, not in a hot loop
@@ -192,6 +208,11 @@ class Agent:
         # rules changed while the agent was down) and after repairing drift (while the table
         # was missing or damaged, anything could connect).
         narrowed = cleanup or ruleset != self._applied
+        self.metrics.inc("applies_total")
+        self.metrics.set("apply_seconds", time.monotonic() - started)
+        self.metrics.set("applied_generation", float(generation or 0))
+        self.metrics.set("pods", len(rules.pods))
+        self.metrics.set("policies", len(rules.policies))
         self._applied = ruleset
         self._applied_chains = _chains(ruleset)
         self._applied_at = time.monotonic()
@@ -206,7 +227,8 @@ class Agent:
         if self.config.conntrack_cleanup and narrowed:
             ips = [ip for pod in rules.pods for ip in pod.ips]
             try:
-                conntrack.remove_disallowed(self.config.netns, Ruleset(ruleset), ips)
+                removed = conntrack.remove_disallowed(self.config.netns, Ruleset(ruleset), ips)
+                self.metrics.inc("conntrack_removed_total", removed)
             except OSError as e:
                 log.warning("node %s: conntrack clean-up failed: %s", self.config.node, e)
         self._report(generation, None, rules.pods, rules.policies)
@@ -239,6 +261,7 @@ class Agent:
             log.warning(
                 "node %s: kernel table changed behind our back; restoring it", self.config.node
             )
+            self.metrics.inc("drift_repairs_total")
             self._sync(force=True, cleanup=True)
 
     def _report(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.compiler import Compiler
+from controller.metrics import Metrics
 from controller.model import ApiObject, NetworkPolicy, ParseError, parse_object
 from controller.model.config import DefaultDeny
 from controller.operator.enforcement import EnforcementTracker
@@ -56,6 +57,21 @@ class Engine:
         self.expected: set[tuple[str, str]] | None = None  # initial listing still to arrive
         self.policy_refs: dict[str, dict[str, Any]] = {}  # for Events
         self.stats = PublishStats()
+        self.metrics = Metrics("nftpolicy_operator")
+        for name, kind, text in (
+            ("leader", "gauge", "1 while this replica holds the lease and publishes"),
+            ("synced", "gauge", "1 once the initial listing of the cluster is compiled"),
+            ("pending_writes", "gauge", "custom-resource writes planned but not done yet"),
+            ("writes_total", "counter", "AddressGroup/NodeRules creates, patches and deletes"),
+            ("write_bytes_total", "counter", "bytes of custom-resource writes sent"),
+            ("write_failures_total", "counter", "publish cycles that stopped at a failed write"),
+            (
+                "invalid_policies_total",
+                "counter",
+                "NetworkPolicy events that could not be compiled",
+            ),
+        ):
+            self.metrics.describe(name, kind, text)
 
     # ---- feeding (kopf event loop) ---------------------------------------------------------
 
@@ -143,6 +159,8 @@ class Engine:
         """Record successful writes (with the API's answer) in the published cache."""
         assert self.published is not None
         self.stats.bytes += sent
+        self.metrics.inc("writes_total", len(done))
+        self.metrics.inc("write_bytes_total", sent)
         for write, answer in done:
             key = (write.plural, write.name)
             self.pending.pop(key, None)

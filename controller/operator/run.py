@@ -135,6 +135,7 @@ def _register_kind(
             return
         error = engine.feed(kind, body)
         if error is not None and kind == "NetworkPolicy":
+            engine.metrics.inc("invalid_policies_total")
             # kopf.warn() would be filtered by settings.posting.level; post it explicitly
             kopf.event(
                 body, type="Warning", reason="InvalidPolicy", message=f"not enforced: {error}"
@@ -159,6 +160,8 @@ async def _publish_loop(
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(engine.config.publish_interval)
+        engine.metrics.set("leader", 1.0 if elector.is_leader else 0.0)
+        engine.metrics.set("synced", 1.0 if engine.synced else 0.0)
         if not elector.is_leader:
             if engine.published is not None:
                 engine.stop_leading()
@@ -174,13 +177,18 @@ async def _publish_loop(
             if writes:
                 done, sent = await loop.run_in_executor(None, execute, custom, writes)
                 engine.written(done, sent)
+                if len(done) < len(writes):
+                    engine.metrics.inc("write_failures_total")
+            engine.metrics.set("pending_writes", len(engine.pending))
         except Exception:
             log.exception("publishing failed; retrying")
             await asyncio.sleep(1.0)
 
 
-def run_operator(api: client.ApiClient, config: OperatorConfig) -> None:
+def run_operator(api: client.ApiClient, metrics_port: int, config: OperatorConfig) -> None:
     engine = Engine(config)
+    if metrics_port:
+        engine.metrics.serve(metrics_port)
     elector = LeaseElector(api, config.lease_namespace, config.lease_name, config.identity)
     registry = build_registry(engine, api, elector)
     kopf.run(registry=registry, clusterwide=True, standalone=True)

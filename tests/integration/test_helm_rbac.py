@@ -117,7 +117,9 @@ def test_helm_install_creates_the_release(
     control_plane: TestControlPlane, release: Release
 ) -> None:
     assert "STATUS: deployed" in release.install_output
-    assert "metrics endpoint itself does not exist yet" in release.install_output  # NOTES.txt
+    assert (
+        "(/metrics on 9090) and the agents (/metrics on host port 9091)" in release.install_output
+    )  # NOTES.txt
     ns = release.namespace
     got = control_plane.kubectl(
         "-n",

@@ -200,6 +200,7 @@ def test_agent_options_from_values(custom_objs: list[dict[str, Any]]) -> None:
         "--no-conntrack-cleanup",
         "--no-log",
         "--log-level=debug",
+        "--metrics-port=9091",
     ]
     assert c["image"] == "registry.example.com/net/nftpolicy:0.1.0-rc1"
     assert c["imagePullPolicy"] == "Always"
@@ -229,6 +230,7 @@ def test_operator_deployment_defaults(default_objs: list[dict[str, Any]]) -> Non
         "--default-deny=none",
         "--exempt-namespace=kube-system",
         "--log-level=info",
+        "--metrics-port=9090",
     ]
     assert c["image"] == "nftpolicy:0.1.0"  # appVersion when image.tag is empty
     pdb = find(default_objs, "PodDisruptionBudget")
@@ -251,6 +253,7 @@ def test_operator_options_from_values(custom_objs: list[dict[str, Any]]) -> None
         "--exempt-namespace=monitoring",
         "--no-dns-allowance",
         "--log-level=warning",
+        "--metrics-port=9090",
     ]
     pod = dep["spec"]["template"]["spec"]
     assert "podAntiAffinity" not in pod["affinity"]  # replaced by operator.affinity
@@ -366,12 +369,16 @@ def _labels(obj: dict[str, Any]) -> dict[str, str]:
 def test_metrics_service_selects_operator_and_agents(default_objs: list[dict[str, Any]]) -> None:
     svc = find(default_objs, "Service", "-metrics")
     assert svc["spec"]["ports"] == [
-        {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
     ]
     selector = svc["spec"]["selector"]
-    for kind, suffix in (("Deployment", "-operator"), ("DaemonSet", "-agent")):
-        labels = _labels(find(default_objs, kind, suffix))
-        assert selector.items() <= labels.items(), f"{kind} not selected"
+    for kind, suffix, port in (("Deployment", "-operator", 9090), ("DaemonSet", "-agent", 9091)):
+        workload = find(default_objs, kind, suffix)
+        assert selector.items() <= _labels(workload).items(), f"{kind} not selected"
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": port} in container["ports"]
+        assert f"--metrics-port={port}" in container["args"]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 
 
 def test_every_object_is_labelled_and_namespaced(default_objs: list[dict[str, Any]]) -> None:
