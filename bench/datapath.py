@@ -5,7 +5,7 @@ Usage: ``python bench/datapath.py [--quick] [--rounds N] [--duration S] [--polic
 
 Method
 ------
-Every scenario gets its own simulated cluster (``tests/integration/netns_cluster.py``): one
+Every scenario gets its own simulated cluster (``controller/testing/netns.py``): one
 node namespace ``n1`` with three pod namespaces on it, ``client``, ``denied`` and ``server``,
 all with identical addresses in every cluster.  Client and server are on the *same* node, so
 each packet crosses exactly one forward hook and that hook is the one that enforces the

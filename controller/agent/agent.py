@@ -38,6 +38,8 @@ from controller.resources import (
 
 log = logging.getLogger(__name__)
 
+CONNTRACK_ATTEMPTS = 3  # clean-up passes after an apply that narrowed what is allowed
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -226,11 +228,17 @@ class Agent:
         )
         if self.config.conntrack_cleanup and narrowed:
             ips = [ip for pod in rules.pods for ip in pod.ips]
-            try:
-                removed = conntrack.remove_disallowed(self.config.netns, Ruleset(ruleset), ips)
-                self.metrics.inc("conntrack_removed_total", removed)
-            except OSError as e:
-                log.warning("node %s: conntrack clean-up failed: %s", self.config.node, e)
+            # A flow can end between the dump and its deletion: pyroute2 then raises
+            # NetlinkError(ENOENT), which is not an OSError and used to end this thread (no
+            # apply and no status report any more). A fresh pass no longer sees that flow.
+            for attempt in range(1, CONNTRACK_ATTEMPTS + 1):
+                try:
+                    removed = conntrack.remove_disallowed(self.config.netns, Ruleset(ruleset), ips)
+                    self.metrics.inc("conntrack_removed_total", removed)
+                    break
+                except Exception as e:  # noqa: BLE001 - never let clean-up stop the agent
+                    if attempt == CONNTRACK_ATTEMPTS:
+                        log.warning("node %s: conntrack clean-up failed: %s", self.config.node, e)
         self._report(generation, None, rules.pods, rules.policies)
 
     def _log_waiting(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from controller.compiler import Compiler
@@ -25,8 +25,6 @@ from controller.resources import NODE_RULES
 
 log = logging.getLogger(__name__)
 
-KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node")
-
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -36,13 +34,6 @@ class OperatorConfig:
     identity: str = "nftpolicy"
     publish_interval: float = 0.05
     max_writes_per_cycle: int = 500  # rate limit: the rest goes in the next cycle
-
-
-@dataclass
-class PublishStats:
-    writes: int = 0
-    bytes: int = 0
-    by_verb: dict[str, int] = field(default_factory=dict)
 
 
 class Engine:
@@ -56,7 +47,6 @@ class Engine:
         self.pending: dict[Key, Mapping[str, Any] | None] = {}
         self.expected: set[tuple[str, str]] | None = None  # initial listing still to arrive
         self.policy_refs: dict[str, dict[str, Any]] = {}  # for Events
-        self.stats = PublishStats()
         self.metrics = Metrics("nftpolicy_operator")
         for name, kind, text in (
             ("leader", "gauge", "1 while this replica holds the lease and publishes"),
@@ -129,6 +119,8 @@ class Engine:
         if changes:
             self.pending.update(self.desired.bodies(changes))
         if not self.pending:
+            # everything written (also: a policy that selects no pod writes nothing)
+            self.enforcement.published(self._policy_spans(), self.generations)
             return []
         writes = plan(self.pending, self.published)
         needed = {(w.plural, w.name) for w in writes}
@@ -158,14 +150,11 @@ class Engine:
     def written(self, done: list[tuple[Write, Mapping[str, Any] | None]], sent: int) -> None:
         """Record successful writes (with the API's answer) in the published cache."""
         assert self.published is not None
-        self.stats.bytes += sent
         self.metrics.inc("writes_total", len(done))
         self.metrics.inc("write_bytes_total", sent)
         for write, answer in done:
             key = (write.plural, write.name)
             self.pending.pop(key, None)
-            self.stats.writes += 1
-            self.stats.by_verb[write.verb] = self.stats.by_verb.get(write.verb, 0) + 1
             if write.verb == "delete":
                 self.published.pop(key, None)
                 if write.plural == NODE_RULES:
@@ -175,13 +164,16 @@ class Engine:
             self.published[key] = answer
             if write.plural == NODE_RULES:
                 self.generations[write.name] = int(answer["metadata"].get("generation", 0))
-        if not self.pending:
-            self.enforcement.published(self._policy_spans(), self.generations)
+        # Not "published" here even if nothing is pending: a policy event fed while these
+        # writes were in flight has its changes still in the compiler, and would be counted as
+        # enforced on the nodes that mention it so far (often none). The next prepare() takes
+        # the compiler's changes first and records it when nothing is left to write.
 
     def _policy_spans(self) -> dict[str, frozenset[str]]:
         spans: dict[str, set[str]] = {}
-        for policy in self.enforcement.pending:
-            spans[policy] = set()
+        for policy, entry in self.enforcement.pending.items():
+            if entry.required is None:  # the others are published already
+                spans[policy] = set()
         if not spans or self.published is None:
             return {}
         for (plural, name), body in self.published.items():

@@ -10,6 +10,7 @@ after a restart).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Mapping
@@ -41,6 +42,9 @@ def build_registry(
     custom = client.CustomObjectsApi(api)
     index_names = {kind: f"nftpolicy_{kind.lower()}_keys" for kind in RESOURCES}
     background: list[asyncio.Task[None]] = []
+    # kopf posts Events only from a context its handlers run in (its event queue is a context
+    # variable of the per-object tasks); the first handler call lends one to the publish loop.
+    handler_context: list[contextvars.Context] = []
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -53,7 +57,9 @@ def build_registry(
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
         settings.networking.request_timeout = 30
-        background.append(asyncio.create_task(_publish_loop(engine, custom, elector)))
+        background.append(
+            asyncio.create_task(_publish_loop(engine, custom, elector, handler_context))
+        )
         background.append(asyncio.create_task(_lease_loop(elector)))
 
     @kopf.on.cleanup(registry=registry)
@@ -66,7 +72,7 @@ def build_registry(
         await asyncio.gather(*background, return_exceptions=True)
 
     for kind, (group, version, plural) in RESOURCES.items():
-        _register_kind(registry, engine, kind, group, version, plural, index_names)
+        _register_kind(registry, engine, kind, group, version, plural, index_names, handler_context)
 
     @kopf.on.event(GROUP, VERSION, "noderules", registry=registry)
     async def noderules_status(body: kopf.Body, **_: Any) -> None:
@@ -74,17 +80,23 @@ def build_registry(
         if applied is None:
             return
         engine.enforcement.reported(body["metadata"]["name"], int(applied))
-        for policy, nodes, seconds in engine.enforcement.done(time.monotonic()):
-            ref = engine.policy_refs.get(policy)
-            if ref is not None:
-                kopf.event(
-                    cast(kopf.Body, ref),
-                    type="Normal",
-                    reason="Enforced",
-                    message=f"enforced on {nodes} node(s) {seconds * 1000:.0f} ms after the change",
-                )
+        _post_enforced(engine)
 
     return registry
+
+
+def _post_enforced(engine: Engine) -> None:
+    """An Enforced Event for every policy change now applied on all the nodes it spans
+    (from a kopf handler context)."""
+    for policy, nodes, seconds in engine.enforcement.done(time.monotonic()):
+        ref = engine.policy_refs.get(policy)
+        if ref is not None:
+            kopf.event(
+                cast(kopf.Body, ref),
+                type="Normal",
+                reason="Enforced",
+                message=f"enforced on {nodes} node(s) {seconds * 1000:.0f} ms after the change",
+            )
 
 
 def connection_info(api: client.ApiClient) -> kopf.ConnectionInfo:
@@ -114,6 +126,7 @@ def _register_kind(
     version: str,
     plural: str,
     index_names: Mapping[str, str],
+    handler_context: list[contextvars.Context],
 ) -> None:
     namespaced = kind in ("Pod", "NetworkPolicy")
 
@@ -124,6 +137,8 @@ def _register_kind(
     kopf.index(group, version, plural, id=index_names[kind], registry=registry)(index_fn)
 
     async def event_fn(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+        if not handler_context:
+            handler_context.append(contextvars.copy_context())
         if engine.expected is None:
             keys: set[tuple[str, str]] = set()
             for name in index_names.values():
@@ -155,7 +170,10 @@ async def _lease_loop(elector: LeaseElector) -> None:
 
 
 async def _publish_loop(
-    engine: Engine, custom: client.CustomObjectsApi, elector: LeaseElector
+    engine: Engine,
+    custom: client.CustomObjectsApi,
+    elector: LeaseElector,
+    handler_context: list[contextvars.Context],
 ) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -180,6 +198,11 @@ async def _publish_loop(
                 if len(done) < len(writes):
                     engine.metrics.inc("write_failures_total")
             engine.metrics.set("pending_writes", len(engine.pending))
+            # Changes that need no agent report (no node's rules changed, or every spanned node
+            # already applies them) are done as soon as they are published: a NodeRules status
+            # event, which otherwise triggers the check, may never come for them.
+            if engine.enforcement.pending and handler_context:
+                handler_context[0].run(_post_enforced, engine)
         except Exception:
             log.exception("publishing failed; retrying")
             await asyncio.sleep(1.0)

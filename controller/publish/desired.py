@@ -21,9 +21,6 @@ class DesiredState:
         self._node_groups: dict[str, frozenset[str]] = {}
         self._group_nodes: dict[str, set[str]] = {}
 
-    def span(self, group: str) -> frozenset[str]:
-        return frozenset(self._group_nodes.get(group, ()))
-
     def everything(self) -> dict[Key, Mapping[str, Any] | None]:
         """The full desired state (after the initial sync)."""
         changes = Changes(

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client, config
 
 from controller.testing.apiserver import TestControlPlane
-from tests.integration.netns_cluster import NetnsCluster, Probe
+from controller.testing.netns import NetnsCluster, Probe
 
 ROOT = Path(__file__).parents[2]
 CRDS = ROOT / "charts" / "nftpolicy" / "crds"
@@ -203,3 +203,144 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- additions for the upstream suite on a live cluster (tests/integration/test_netpol_upstream_live.py)
+
+
+def add_node_dual_stack(live: Live, name: str, pod_cidr_v4: str, pod_cidr_v6: str | None) -> None:
+    """Like ``Live.add_node`` with explicit pod CIDRs, IPv6 optional (node addresses of both
+    families are reported as InternalIPs, as a dual-stack kubelet does)."""
+    node = live.net.add_node(name, pod_cidr_v4, pod_cidr_v6)
+    cidrs = [c for c in (pod_cidr_v4, pod_cidr_v6) if c]
+    live.core.create_node(
+        {"metadata": {"name": name}, "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}}
+    )
+    addresses = [{"type": "InternalIP", "address": node.ipv4}]
+    if pod_cidr_v6:
+        addresses.append({"type": "InternalIP", "address": node.ipv6})
+    live.core.patch_node_status(name, {"status": {"addresses": addresses}})
+
+
+def add_pod_object(
+    live: Live,
+    pod: dict[str, Any],
+    ipv4: str,
+    ipv6: str | None,
+    tcp_ports: Sequence[int] = (80, 81),
+    udp_ports: Sequence[int] = (80, 81),
+) -> None:
+    """A netns pod plus its Pod object, from a full Pod dict (``metadata.name/namespace/labels``
+    and ``spec`` are used; ``status`` is patched afterwards like a kubelet would: Running,
+    Ready, ``podIP``/``podIPs``)."""
+    meta = pod["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    live.net.add_pod(
+        ns, name, pod["spec"]["nodeName"], ipv4, ipv6, tcp_ports=tcp_ports, udp_ports=udp_ports
+    )
+    live.core.create_namespaced_pod(
+        ns,
+        {"metadata": {"name": name, "labels": dict(meta.get("labels") or {})}, "spec": pod["spec"]},
+    )
+    ips = [ip for ip in (ipv4, ipv6) if ip]
+    live.core.patch_namespaced_pod_status(
+        name,
+        ns,
+        {
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "podIP": ips[0],
+                "podIPs": [{"ip": ip} for ip in ips],
+            }
+        },
+    )
+
+
+def _label_patch(current: dict[str, str] | None, labels: dict[str, str]) -> dict[str, Any]:
+    """JSON merge patch making the label set exactly ``labels`` (others set to None)."""
+    return {
+        "metadata": {"labels": {**{k: None for k in current or {} if k not in labels}, **labels}}
+    }
+
+
+def set_pod_labels(live: Live, ns: str, name: str, labels: dict[str, str]) -> None:
+    """Replace the complete label set of a pod."""
+    current = live.core.read_namespaced_pod(name, ns).metadata.labels
+    live.core.patch_namespaced_pod(name, ns, _label_patch(current, labels))
+
+
+def set_namespace_labels(live: Live, name: str, labels: dict[str, str]) -> None:
+    """Replace the complete label set of a namespace (the API server keeps
+    ``kubernetes.io/metadata.name`` whatever is asked)."""
+    current = live.core.read_namespace(name).metadata.labels
+    live.core.patch_namespace(name, _label_patch(current, labels))
+
+
+def delete_all_policies(live: Live, namespaces: Sequence[str]) -> list[str]:
+    """Delete every NetworkPolicy in ``namespaces``; returns their ``ns/name``."""
+    deleted = []
+    for ns in namespaces:
+        for policy in live.networking.list_namespaced_network_policy(ns).items:
+            live.networking.delete_namespaced_network_policy(policy.metadata.name, ns)
+            deleted.append(f"{ns}/{policy.metadata.name}")
+    return deleted
+
+
+def rules_applied(live: Live, nodes: Sequence[str]) -> bool:
+    """Every node's NodeRules exists and its agent reported applying its current generation."""
+    for node in nodes:
+        try:
+            obj = live.custom.get_cluster_custom_object(
+                "nftpolicy.io", "v1alpha1", "noderules", node
+            )
+        except client.exceptions.ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        applied = (obj.get("status") or {}).get("appliedGeneration")
+        if applied is None or int(applied) < int(obj["metadata"].get("generation", 0)):
+            return False
+    return True
+
+
+def enforced_events(live: Live, ns: str, uid: str) -> int:
+    """How many ``Enforced`` Events the operator posted for the policy with this uid."""
+    items = live.core.list_namespaced_event(ns, field_selector=f"involvedObject.uid={uid}").items
+    return sum(1 for e in items if e.reason == "Enforced")
+
+
+def spawn_at_level(live: Live, name: str, args: Sequence[str], log_level: str) -> None:
+    """``Live._spawn`` with another log level: at debug the agents' conntrack clean-up logs
+    every netlink message (hundreds of MB per minute of probing), which slows them down."""
+    log = open(live.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+    live.processes[name] = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            *args,
+            "--kubeconfig",
+            str(live.plane.kubeconfig),
+            "--log-level",
+            log_level,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+
+
+def start_operator_at(live: Live, log_level: str, name: str = "operator") -> None:
+    spawn_at_level(
+        live, name, ["operator", "--lease-namespace", "default", "--identity", name], log_level
+    )
+
+
+def start_agent_at(live: Live, node: str, log_level: str) -> None:
+    spawn_at_level(
+        live,
+        f"agent-{node}",
+        ["agent", "--node", node, "--netns", live.net.node_netns(node), "--resync-period", "5"],
+        log_level,
+    )
