@@ -1,7 +1,7 @@
 """Control-plane convergence benchmark: API write -> enforced on every node, write volume, scale.
 
 Usage: ``python bench/convergence.py [--quick] [--nodes N] [--policies N] [--scale-nodes N]
-[--scale-pods N] [--skip-live] [--skip-scale] [--keep-logs DIR]`` (root; needs the control-plane
+[--scale-pods N] [--skip-live] [--skip-scale] [--keep-logs DIR] [--json FILE]`` (root; needs the control-plane
 binaries of ``scripts/testenv.sh`` and a usable ``ip netns``).
 
 Everything runs on this machine: a real etcd + kube-apiserver (``TestControlPlane``), the
@@ -32,7 +32,15 @@ Write volume: with all policies in place, a pod is added (create + status patch,
 does), relabelled to another group, and deleted, a few times each; the operator's writes of
 AddressGroup/NodeRules objects (a change of their labels or spec, seen by the watch; agents'
 status updates are not counted) are counted until nothing changes for a while, with the bytes
-the operator sends for them (the request bodies ``controller.kube.publisher.execute`` builds).
+the operator sends for them (the request bodies ``controller.kube.publisher.execute`` builds),
+cross-checked with the operator's own ``writes_total``/``write_bytes_total`` from its /metrics
+(``--metrics-port``, scraped on 127.0.0.1).
+
+Narrowing: a few allow policies are deleted, first with the few flows the bench left, then
+after every pod connected to every other pod ``--flow-rounds`` times. A change that narrows
+what is allowed makes the agents sweep conntrack for flows the new rules deny, in the apply
+thread and before the status report: the time from the delete until every spanned node
+reports shows what the sweep costs (with the conntrack entry count of the busiest node).
 
 CPU and memory of every process (operator, agents, kube-apiserver, etcd, pod/node probe
 helpers) are sampled from /proc during the run.
@@ -46,7 +54,8 @@ Reported: the operator's peak RSS (VmHWM) and CPU, how long after the last objec
 published state (AddressGroups/NodeRules) stops changing, the time from one more policy's
 create until the NodeRules of all nodes it spans are written (a 30-node span and a 300-node
 span), the largest AddressGroup and NodeRules objects in bytes, and an operator restart
-(initial listing -> leading) over the full cluster.
+(start -> "leading", i.e. initial listing compiled) over the full cluster, waited for at most
+``--restart-timeout`` seconds.
 
 The machine is shared: other processes' CPU use during each part is reported next to ours.
 Exit status 0 when the bench ran (targets met or not), 1 when it could not.

@@ -25,11 +25,14 @@ Steps
 -----
 After a step's writes, the step's matrices (every probe of the step, on IPv4 and IPv6 at once)
 are polled until they all equal the expected tables (``Reachability.compare``, self-traffic
-ignored) within ``CONVERGENCE`` seconds; the time it took is reported. A match can be early only
-if the old state already looked like the new one, so the step then also waits until the
-operator has posted its ``Enforced`` event for every policy it wrote (the product's own "applied
-on every node" signal) and every node's agent reports its current NodeRules generation, and
-probes once more, patiently, to confirm.
+ignored) within ``CONVERGENCE`` seconds; the time it took is printed (``-s``), with a summary
+at the end of the module. A match can be early only if the old state already looked like the
+new one, so the step then also waits until the operator has posted its ``Enforced`` event for
+every policy it wrote (the product's own "applied on every node" signal) and every node's agent
+reports its current NodeRules generation, and probes once more, patiently, to confirm.
+
+The operator and agents log at info level: at debug, pyroute2 logs every conntrack message of
+the agents' clean-up sweeps (hundreds of MB per run), which slows the agents down.
 
 IP-dependent cases (ipBlock policies) run once per family, probing that family; all others run
 once, probing both families.
