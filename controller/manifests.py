@@ -71,14 +71,19 @@ def load_raw(paths: Sequence[str]) -> list[tuple[str, Any]]:
     return [doc for path in _files(paths) for doc in _documents(path)]
 
 
-def load_objects(paths: Sequence[str]) -> list[ApiObject]:
-    """Parse every object; the first bad one raises with its origin in the message."""
-    out: list[ApiObject] = []
+def load_parsed(paths: Sequence[str]) -> list[tuple[dict[str, Any], ApiObject]]:
+    """(API dict, parsed object) for every object; the first bad one raises with its origin."""
+    out: list[tuple[dict[str, Any], ApiObject]] = []
     for where, raw in load_raw(paths):
         if not isinstance(raw, dict):
             raise ManifestError(f"{where}: expected a Kubernetes object, got {type(raw).__name__}")
         try:
-            out.append(parse_object(raw))
+            out.append((raw, parse_object(raw)))
         except ParseError as e:
             raise ManifestError(f"{where}: {e}") from None
     return out
+
+
+def load_objects(paths: Sequence[str]) -> list[ApiObject]:
+    """Parse every object; the first bad one raises with its origin in the message."""
+    return [obj for _, obj in load_parsed(paths)]

@@ -17,14 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from controller.manifests import ManifestError, load_raw
+from controller.manifests import ManifestError, load_parsed
 from controller.model import (
     ApiObject,
     Node,
-    ParseError,
     Pod,
     Protocol,
-    parse_object,
 )
 from controller.semantics import Snapshot, evaluate
 from controller.testing.apiserver import TestControlPlane, find_binaries
@@ -42,19 +40,6 @@ class SandboxError(RuntimeError):
 
 def _say(out: TextIO, step: str) -> None:
     print(f"==> {step}", file=out, flush=True)
-
-
-def _split(raws: list[tuple[str, Any]]) -> tuple[list[ApiObject], list[dict[str, Any]]]:
-    objects, bodies = [], []
-    for where, raw in raws:
-        if not isinstance(raw, dict):
-            raise ManifestError(f"{where}: expected a Kubernetes object")
-        try:
-            objects.append(parse_object(raw))
-        except ParseError as e:
-            raise ManifestError(f"{where}: {e}") from None
-        bodies.append(raw)
-    return objects, bodies
 
 
 def _targets(pods: list[Pod]) -> list[tuple[Pod, int]]:
@@ -123,7 +108,8 @@ def run_sandbox(paths: Sequence[str] | None, keep: bool, out: TextIO = sys.stdou
     reason = unavailable_reason()
     if reason is not None:
         raise SandboxError(f"cannot build network namespaces: {reason}")
-    objects, bodies = _split(load_raw(list(paths) if paths else [str(EXAMPLES)]))
+    loaded = load_parsed(list(paths) if paths else [str(EXAMPLES)])
+    bodies, objects = [raw for raw, _ in loaded], [obj for _, obj in loaded]
     nodes = [o for o in objects if isinstance(o, Node)]
     pods = [o for o in objects if isinstance(o, Pod) and o.addresses and o.node]
     if not nodes or not pods:

@@ -9,11 +9,13 @@ the forward hook (node-to-pod traffic is always allowed) and are left alone.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 from collections.abc import Iterable
 
 from pyroute2 import Conntrack, IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from controller.agent.netns import netns
 from controller.agent.verdict import Ruleset
@@ -46,7 +48,12 @@ def remove_disallowed(
                 if (src not in pods and dst not in pods) or src in own or dst in own:
                     continue
                 if not ruleset.forward((src, dst, t.proto, t.dport or 0)):
-                    ct.delete(entry)
+                    try:
+                        ct.delete(entry)
+                    except NetlinkError as e:
+                        if e.code != errno.ENOENT:
+                            raise
+                        continue  # the flow ended between the dump and now
                     removed += 1
         finally:
             ct.close()
