@@ -69,7 +69,7 @@ class Live:
 
     # ---- processes -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: Sequence[str]) -> None:
+    def _spawn(self, name: str, args: Sequence[str], log_level: str = "debug") -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.processes[name] = subprocess.Popen(
             [
@@ -80,20 +80,25 @@ class Live:
                 "--kubeconfig",
                 str(self.plane.kubeconfig),
                 "--log-level",
-                "debug",
+                log_level,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
 
-    def start_operator(self, name: str = "operator") -> None:
-        self._spawn(name, ["operator", "--lease-namespace", "default", "--identity", name])
+    # At debug level the agents' conntrack clean-up logs every netlink message (hundreds of
+    # MB per minute of probing), which slows them down: long runs pass log_level="info".
+    def start_operator(self, name: str = "operator", log_level: str = "debug") -> None:
+        self._spawn(
+            name, ["operator", "--lease-namespace", "default", "--identity", name], log_level
+        )
 
-    def start_agent(self, node: str) -> None:
+    def start_agent(self, node: str, log_level: str = "debug") -> None:
         self._spawn(
             f"agent-{node}",
             ["agent", "--node", node, "--netns", self.net.node_netns(node), "--resync-period", "5"],
+            log_level,
         )
 
     def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -308,39 +313,3 @@ def enforced_events(live: Live, ns: str, uid: str) -> int:
     """How many ``Enforced`` Events the operator posted for the policy with this uid."""
     items = live.core.list_namespaced_event(ns, field_selector=f"involvedObject.uid={uid}").items
     return sum(1 for e in items if e.reason == "Enforced")
-
-
-def spawn_at_level(live: Live, name: str, args: Sequence[str], log_level: str) -> None:
-    """``Live._spawn`` with another log level: at debug the agents' conntrack clean-up logs
-    every netlink message (hundreds of MB per minute of probing), which slows them down."""
-    log = open(live.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-    live.processes[name] = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            *args,
-            "--kubeconfig",
-            str(live.plane.kubeconfig),
-            "--log-level",
-            log_level,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-
-
-def start_operator_at(live: Live, log_level: str, name: str = "operator") -> None:
-    spawn_at_level(
-        live, name, ["operator", "--lease-namespace", "default", "--identity", name], log_level
-    )
-
-
-def start_agent_at(live: Live, node: str, log_level: str) -> None:
-    spawn_at_level(
-        live,
-        f"agent-{node}",
-        ["agent", "--node", node, "--netns", live.net.node_netns(node), "--resync-period", "5"],
-        log_level,
-    )

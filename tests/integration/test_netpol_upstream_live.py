@@ -66,8 +66,6 @@ from tests.integration.live import (
     rules_applied,
     set_namespace_labels,
     set_pod_labels,
-    start_agent_at,
-    start_operator_at,
 )
 from tests.netpol_upstream import model
 from tests.netpol_upstream.cases import (
@@ -151,9 +149,9 @@ def upstream_live(
                 v4, v6 = ip_of(meta["namespace"], meta["name"])
                 add_pod_object(live, pod, v4, v6)
             net.wait_ready()
-            start_operator_at(live, LOG_LEVEL)
+            live.start_operator(log_level=LOG_LEVEL)
             for node in nodes:
-                start_agent_at(live, node, LOG_LEVEL)
+                live.start_agent(node, log_level=LOG_LEVEL)
             state = UpstreamLive(live, nodes, pod_dicts, [])
             _wait_pristine(state, "start-up")
             print(f"\n[upstream-live] cluster ready in {time.monotonic() - started:.1f} s")
