@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     operator_p.add_argument("--no-dns-allowance", action="store_true")
     operator_p.add_argument("--lease-namespace", default="kube-system")
     operator_p.add_argument("--identity", help="leader-election identity (default: hostname-pid)")
+    operator_p.add_argument(
+        "--reconcile-period",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="re-list everything watched this often, as a backstop (default 300)",
+    )
     agent_p = sub.add_parser("agent", help="run the node agent")
     agent_p.add_argument("--node", required=True, help="this node's name")
     agent_p.add_argument(
@@ -153,6 +160,7 @@ def _serve(args: argparse.Namespace) -> int:
                 default_deny=_default_deny(args),
                 lease_namespace=args.lease_namespace,
                 identity=identity,
+                reconcile_period=args.reconcile_period,
             ),
         )
         return 0
@@ -176,8 +184,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
+
+
 def _build(args: argparse.Namespace) -> dict[str, object]:
-    compiler = compile_objects(load_objects(args.paths), _default_deny(args))
+    compiler = compile_objects(load_objects(args.paths, _warn), _default_deny(args))
     rules = compiler.node_rules(args.node)
     known = compiler.node_names()
     if args.node not in known:

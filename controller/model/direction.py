@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from controller.model.errors import ParseError
+from controller.model.meta import show
 
 
 class Direction(StrEnum):
@@ -28,5 +29,7 @@ def parse_direction_set(value: str, obj: str, field: str) -> frozenset[Direction
         elif word in ("none", ""):
             continue
         else:
-            raise ParseError(obj, field, f"unknown value {word!r} (want ingress, egress or all)")
+            raise ParseError(
+                obj, field, f"unknown value {show(word)} (want ingress, egress or all)"
+            )
     return frozenset(out)

@@ -1,17 +1,71 @@
-"""Nodes: their own addresses (always allowed to reach local pods) and pod CIDRs."""
+"""Nodes: their own addresses (always allowed to reach local pods) and pod CIDRs.
+
+The API server does not validate ``status.addresses`` (an InternalIP may be any string), so an
+unreadable one is skipped with a warning rather than dropping the Node: the node then simply
+gets no "own node" allowance from it (closed, not open). ``spec.podCIDRs`` are validated there
+as legacy CIDRs and read here the same way.
+
+Checked fully (field names in strict mode, JSON types always): the top level, ``metadata``,
+``spec``, ``status`` and ``status.addresses[*]``. The nested objects of the other fields are
+not read, so they can change nothing we enforce; only their JSON type is checked.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from controller.model.errors import ParseError
-from controller.model.meta import describe, mapping, name_of, sequence
-from controller.model.pod import IPAddress
+from controller.model.ipaddr import IPAddress, IPNetwork, parse_cidr, parse_ip
+from controller.model.meta import (
+    BOOLEAN,
+    LIST,
+    OBJECT,
+    STRING,
+    STRINGS,
+    Reader,
+    Schema,
+    describe,
+    name_of,
+    object_meta,
+    show,
+)
+from controller.model.selector import parse_labels
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["IPNetwork", "Node", "parse_node"]
+
+NODE: Schema = {
+    "apiVersion": STRING,
+    "kind": STRING,
+    "metadata": OBJECT,
+    "spec": OBJECT,
+    "status": OBJECT,
+}
+NODE_SPEC: Schema = {
+    "configSource": OBJECT,
+    "externalID": STRING,
+    "podCIDR": STRING,
+    "podCIDRs": STRINGS,
+    "providerID": STRING,
+    "taints": LIST,
+    "unschedulable": BOOLEAN,
+}
+NODE_STATUS: Schema = {
+    "addresses": LIST,
+    "allocatable": OBJECT,
+    "capacity": OBJECT,
+    "conditions": LIST,
+    "config": OBJECT,
+    "daemonEndpoints": OBJECT,
+    "features": OBJECT,
+    "images": LIST,
+    "nodeInfo": OBJECT,
+    "phase": STRING,
+    "runtimeHandlers": LIST,
+    "volumesAttached": LIST,
+    "volumesInUse": STRINGS,
+}
+NODE_ADDRESS: Schema = {"address": STRING, "type": STRING}
 
 
 @dataclass(frozen=True)
@@ -19,31 +73,41 @@ class Node:
     name: str
     internal_ips: tuple[IPAddress, ...] = ()
     pod_cidrs: tuple[IPNetwork, ...] = ()
+    # Addresses skipped ("field: problem"); not part of equality (see Namespace.warnings).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
-def parse_node(raw: Mapping[str, Any]) -> Node:
-    obj = describe(raw)
-    name = name_of(raw, obj)
-    spec = mapping(raw.get("spec"), obj, "spec")
-    status = mapping(raw.get("status"), obj, "status")
+def parse_node(raw: Mapping[str, Any], *, strict: bool = False) -> Node:
+    reader = Reader(describe(raw), strict)
+    top = reader.section(raw, "", NODE)
+    meta = object_meta(top, reader)
+    name = name_of(meta, reader)
+    parse_labels(meta.get("labels"), reader, "metadata.labels")
+    spec = reader.section(top.get("spec"), "spec", NODE_SPEC)
+    status = reader.section(top.get("status"), "status", NODE_STATUS)
     ips: list[IPAddress] = []
-    for i, addr in enumerate(sequence(status.get("addresses"), obj, "status.addresses")):
-        entry = mapping(addr, obj, f"status.addresses[{i}]")
-        if entry.get("type") != "InternalIP":
+    warnings: list[str] = []
+    for i, entry in enumerate(reader.items(status.get("addresses"), "status.addresses")):
+        where = f"status.addresses[{i}]"
+        address = reader.section(entry, where, NODE_ADDRESS)
+        if address.get("type") != "InternalIP":
             continue
-        try:
-            ips.append(ipaddress.ip_address(str(entry.get("address"))))
-        except ValueError:
-            raise ParseError(
-                obj, f"status.addresses[{i}].address", f"invalid IP {entry.get('address')!r}"
-            ) from None
-    cidrs_raw = sequence(spec.get("podCIDRs"), obj, "spec.podCIDRs") or (
-        [spec["podCIDR"]] if spec.get("podCIDR") else []
-    )
+        ip = parse_ip(address.get("address") or "")
+        if ip is None:
+            problem = f"{show(address.get('address'))} is not an IP address; skipped"
+            warnings.append(f"{where}.address: {problem}")
+        elif ip not in ips:
+            ips.append(ip)
+    if spec.get("podCIDRs"):
+        written = [(f"spec.podCIDRs[{i}]", t) for i, t in enumerate(spec["podCIDRs"])]
+    else:
+        written = [("spec.podCIDR", spec["podCIDR"])] if spec.get("podCIDR") else []
     cidrs: list[IPNetwork] = []
-    for i, cidr in enumerate(cidrs_raw):
-        try:
-            cidrs.append(ipaddress.ip_network(cidr, strict=False))
-        except (ValueError, TypeError):
-            raise ParseError(obj, f"spec.podCIDRs[{i}]", f"invalid CIDR {cidr!r}") from None
-    return Node(name=name, internal_ips=tuple(ips), pod_cidrs=tuple(cidrs))
+    for where, text in written:
+        parsed = parse_cidr(text)
+        if parsed is None:
+            raise reader.error(where, f"invalid CIDR {show(text)}")
+        if any(other.version == parsed[0].version for other in cidrs):
+            raise reader.error(where, f"second IPv{parsed[0].version} CIDR {parsed[0]}")
+        cidrs.append(parsed[0])
+    return Node(name, tuple(ips), tuple(cidrs), tuple(warnings))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from controller.model.errors import ParseError
+from controller.model.meta import Reader, show
 
 
 class Protocol(StrEnum):
@@ -21,12 +21,12 @@ class Protocol(StrEnum):
 _NUMBERS = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
 
 
-def parse_protocol(raw: Any, obj: str, field: str) -> Protocol:
+def parse_protocol(raw: Any, reader: Reader, field: str) -> Protocol:
     if raw is None:
         return Protocol.TCP  # API default
     try:
         return Protocol(raw)
     except ValueError:
-        raise ParseError(
-            obj, field, f"unsupported protocol {raw!r} (want TCP, UDP or SCTP)"
+        raise reader.error(
+            field, f"unsupported protocol {show(raw)} (want TCP, UDP or SCTP)"
         ) from None

@@ -7,20 +7,28 @@ The empty selector selects everything; a missing selector is represented by ``No
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from controller.model.errors import ParseError
+from controller.model.meta import (
+    LIST,
+    STRING,
+    STRING_MAP,
+    STRINGS,
+    Reader,
+    Schema,
+    child,
+    is_label_value,
+    is_qualified_name,
+    show,
+)
 
 Labels = Mapping[str, str]
 
-# Label keys: optional DNS-subdomain prefix, then a name of at most 63 characters.
-_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
-_KEY_RE = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}$")
-_VALUE_RE = re.compile(rf"^({_NAME})?$")
+LABEL_SELECTOR: Schema = {"matchExpressions": LIST, "matchLabels": STRING_MAP}
+REQUIREMENT: Schema = {"key": STRING, "operator": STRING, "values": STRINGS}
 
 
 class Operator(StrEnum):
@@ -109,66 +117,66 @@ class LabelSelector:
 EVERYTHING = LabelSelector()
 
 
-def parse_labels(raw: Any, obj: str, field: str) -> dict[str, str]:
-    """Validate a label map (metadata.labels, matchLabels)."""
+def parse_labels(raw: Any, reader: Reader, field: str) -> dict[str, str]:
+    """Validate a label map (metadata.labels, matchLabels); a null value is ``""`` as in Go."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ParseError(obj, field, f"must be a map of strings, got {type(raw).__name__}")
+        raise reader.error(field, f"must be a map of strings, got {show(raw)}")
     out: dict[str, str] = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise ParseError(obj, f"{field}", f"invalid label key {key!r}")
+        if not isinstance(key, str) or not is_qualified_name(key):
+            raise reader.error(
+                field,
+                f"invalid label key {show(key)}: want an optional DNS subdomain and '/', then "
+                "at most 63 of [-A-Za-z0-9_.] starting and ending alphanumeric",
+            )
         if value is None:
             value = ""
-        if not isinstance(value, str) or not _VALUE_RE.match(value):
-            raise ParseError(obj, f"{field}.{key}", f"invalid label value {value!r}")
+        if not isinstance(value, str) or not is_label_value(value):
+            raise reader.error(
+                child(field, key),
+                f"invalid label value {show(value)}: want at most 63 of [-A-Za-z0-9_.] "
+                "starting and ending alphanumeric, or empty",
+            )
         out[key] = value
     return out
 
 
-def parse_selector(raw: Any, obj: str, field: str) -> LabelSelector:
+def parse_selector(raw: Any, reader: Reader, field: str) -> LabelSelector:
     """Parse a metav1.LabelSelector dict; ``{}`` and ``None`` values inside mean "empty"."""
     if raw is None:
         return EVERYTHING
-    if not isinstance(raw, Mapping):
-        raise ParseError(obj, field, f"must be a label selector object, got {type(raw).__name__}")
-    unknown = set(raw) - {"matchLabels", "matchExpressions"}
-    if unknown:
-        raise ParseError(obj, field, f"unknown field(s) {', '.join(sorted(unknown))}")
+    selector = reader.section(raw, field, LABEL_SELECTOR)
     reqs: set[Requirement] = set()
-    for key, value in parse_labels(raw.get("matchLabels"), obj, f"{field}.matchLabels").items():
+    labels = parse_labels(selector.get("matchLabels"), reader, f"{field}.matchLabels")
+    for key, value in labels.items():
         reqs.add(Requirement(key, Operator.IN, (value,)))
-    exprs = raw.get("matchExpressions") or []
-    if not isinstance(exprs, list):
-        raise ParseError(obj, f"{field}.matchExpressions", "must be a list")
+    exprs = reader.items(selector.get("matchExpressions"), f"{field}.matchExpressions")
     for i, expr in enumerate(exprs):
-        reqs.add(_parse_requirement(expr, obj, f"{field}.matchExpressions[{i}]"))
+        reqs.add(_parse_requirement(expr, reader, f"{field}.matchExpressions[{i}]"))
     return LabelSelector(tuple(sorted(reqs)))
 
 
-def _parse_requirement(raw: Any, obj: str, field: str) -> Requirement:
-    if not isinstance(raw, Mapping):
-        raise ParseError(obj, field, "must be an object with key, operator and values")
-    key = raw.get("key")
-    if not isinstance(key, str) or not _KEY_RE.match(key):
-        raise ParseError(obj, f"{field}.key", f"invalid label key {key!r}")
+def _parse_requirement(raw: Any, reader: Reader, field: str) -> Requirement:
+    expr = reader.section(raw, field, REQUIREMENT)
+    key = expr.get("key")
+    if not isinstance(key, str) or not is_qualified_name(key):
+        raise reader.error(f"{field}.key", f"invalid label key {show(key)}")
     try:
-        op = Operator(str(raw.get("operator")))
+        op = Operator(expr.get("operator") or "")
     except ValueError:
-        raise ParseError(
-            obj,
+        raise reader.error(
             f"{field}.operator",
-            f"unknown operator {raw.get('operator')!r} (want In, NotIn, Exists or DoesNotExist)",
+            f"unknown operator {show(expr.get('operator'))} "
+            "(want In, NotIn, Exists or DoesNotExist)",
         ) from None
-    values = raw.get("values") or []
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ParseError(obj, f"{field}.values", "must be a list of strings")
+    values: list[str] = expr.get("values") or []
     for v in values:
-        if not _VALUE_RE.match(v):
-            raise ParseError(obj, f"{field}.values", f"invalid label value {v!r}")
+        if not is_label_value(v):
+            raise reader.error(f"{field}.values", f"invalid label value {show(v)}")
     if op in (Operator.IN, Operator.NOT_IN) and not values:
-        raise ParseError(obj, f"{field}.values", f"must be non-empty for operator {op}")
+        raise reader.error(f"{field}.values", f"must be non-empty for operator {op}")
     if op in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and values:
-        raise ParseError(obj, f"{field}.values", f"must be empty for operator {op}")
+        raise reader.error(f"{field}.values", f"must be empty for operator {op}")
     return Requirement(key, op, tuple(sorted(set(values))))

@@ -96,3 +96,84 @@ def test_default_deny_flag_isolates_unselected_pods(capsys: pytest.CaptureFixtur
         main(["compile", "-f", str(EXAMPLES), "--node", "node-2", "--default-deny", "sideways"])
         == 2
     )
+
+
+# ---- strict like kubectl apply: one line, exit 2, never a traceback -----------------------------
+
+NP = "kind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n"
+POD = "kind: Pod\nmetadata: {name: a, namespace: x}\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            NP + "spec: {podSelector: {}, ingress: [{form: [{podSelector: {}}]}]}\n",
+            "NetworkPolicy x/p: spec.ingress[0].form: unknown field (did you mean 'from'?)",
+        ),
+        (
+            NP + "spec: {podSelector: {}, egress: [{Ports: [{port: 80}]}]}\n",
+            "NetworkPolicy x/p: spec.egress[0].Ports: unknown field (did you mean 'ports'?)",
+        ),
+        (
+            POD + "spec: {hostNetwork: 'false', nodeName: n1}\n",
+            "Pod x/a: spec.hostNetwork: must be a boolean, got 'false'",
+        ),
+        (
+            'kind: Pod\nmetadata: {name: a, namespace: x, labels: {app: "web\\n"}}\n',
+            "Pod x/a: metadata.labels.app: invalid label value 'web\\n'",
+        ),
+        (NP + "spec: {podSelector: {}}\nstatus: {}\n", "NetworkPolicy x/p: status: unknown field"),
+        ("kind: [NetworkPolicy]\nmetadata: {name: p}\n", "object p: kind: unsupported kind a list"),
+        ("kind: {a: b}\nmetadata: {name: p}\n", "object p: kind: unsupported kind an object"),
+        (
+            'kind: Namespace\nmetadata: {name: "a\\ud800"}\n',
+            "Namespace <invalid name>: metadata.name: contains a lone surrogate",
+        ),
+        (
+            "kind: Namespace\nmetadata: {name: a}\nspec: " + "[" * 3000 + "]" * 3000,
+            "nested too deeply",
+        ),
+        (
+            POD + "spec: {containers: [{ports: [{containerPort: " + "9" * 5000 + "}]}]}\n",
+            "not valid YAML: Exceeds the limit (4300 digits) for integer string conversion",
+        ),
+        (
+            POD + "spec: {containers: [{ports: [{containerPort: 99999999999}]}]}\n",
+            "Pod x/a: spec.containers[0].ports[0].containerPort: must be a 32-bit integer",
+        ),
+        ("a: [unclosed\n", "bad.yaml: not valid YAML: expected ',' or ']', but got '<stream end>'"),
+    ],
+)
+def test_what_kubectl_apply_refuses_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(content, errors="surrogatepass")
+    assert main(["compile", "-f", str(path), "--node", "n1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}"), err
+    assert expected in err
+
+
+def test_a_bad_annotation_is_a_warning_and_the_namespace_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ns.yaml"
+    path.write_text(
+        "kind: Namespace\n"
+        "metadata: {name: x, annotations: {nftpolicy.io/default-deny: sometimes}}\n"
+        "---\n"
+        "kind: Pod\n"
+        "metadata: {name: a, namespace: x}\n"
+        "spec: {nodeName: n1}\n"
+        "status: {phase: Running, podIP: 10.244.1.10}\n"
+    )
+    assert main(["compile", "-f", str(path), "--node", "n1"]) == 0
+    _, err = capsys.readouterr()
+    assert err == (
+        f"warning: {path} (document 1): Namespace x: "
+        "metadata.annotations[nftpolicy.io/default-deny]: unknown value 'sometimes' "
+        "(want ingress, egress or all); ignored (no default deny)\n"
+    )
