@@ -18,6 +18,16 @@ the resulting objects.
 
 ``--profile`` runs only the big cluster (pods first) in-process under cProfile and prints the
 top functions of the load and of the materialization.
+
+``--large`` runs only the "largest API-valid objects" scenario (also run after the clusters):
+NetworkPolicies of about 1.5 MiB of JSON (one ipBlock with as many ``except`` entries as fit,
+IPv4 and IPv6; as many /32 peers as fit; peers x ports), and the same kinds at exactly the
+limits of ``controller/model/limits.py`` (the larger ones exceed them and compile fail-closed).
+For each: parse + compile time, the published objects' sizes, and in a fresh subprocess doing
+what an agent does (decode the objects, render, apply with libnftables into a throwaway
+network namespace made with ``ip netns add``, render again for the next resync) the render and
+apply times, the ruleset's JSON size and the subprocess's peak RSS. It also times the ipBlock
+expansion at doubling sizes: n log n doubles plus a little, quadratic quadruples.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import argparse
 import cProfile
 import gc
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -34,7 +45,9 @@ import pstats
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,10 +57,13 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.synthetic import BIG, SMALL, ClusterShape, SyntheticCluster  # noqa: E402
-from controller.compiler import Compiler  # noqa: E402
+from controller.compiler import Compiler, compile_objects, groups_for  # noqa: E402
 from controller.compiler.ir import AddressGroup, Group, NodeRules  # noqa: E402
+from controller.compiler.peers import BlockPeer  # noqa: E402
 from controller.gc_tuning import tune_for_large_heaps  # noqa: E402
-from controller.model import Namespace, NetworkPolicy, Node, Pod  # noqa: E402
+from controller.model import IPBlock, Namespace, NetworkPolicy, Node, Pod, parse_object  # noqa: E402
+from controller.model import limits as policy_limits  # noqa: E402
+from controller.resources import group_body, node_rules_body  # noqa: E402
 
 COMPILE_TARGET_S = 10.0  # full compile of 100k pods
 EVENT_TARGET_MS = 5.0  # one incremental event
@@ -162,9 +178,9 @@ def materialize_nodes(compiler: Compiler) -> list[NodeRules]:
 
 
 def group_size(group: Group) -> int:
-    """Members of a group: addresses and ranges, or (address, port) pairs."""
+    """Members of a group: addresses and ipBlocks, or (address, port) pairs."""
     if isinstance(group, AddressGroup):
-        return len(group.addresses) + len(group.ranges)
+        return len(group.addresses) + len(group.blocks)
     return len(group.members)
 
 
@@ -174,7 +190,7 @@ def output_digest(groups: list[Group], node_rules: list[NodeRules]) -> str:
     for group in groups:
         if isinstance(group, AddressGroup):
             members: list[Any] = sorted((ip.version, int(ip)) for ip in group.addresses)
-            members.append([str(a) + "-" + str(b) for a, b in group.ranges])
+            members.append([[str(b.cidr), *map(str, b.excepts)] for b in group.blocks])
         else:
             members = sorted((ip.version, int(ip), port) for ip, port in group.members)
         h.update(repr((group.name, group.peer, members)).encode())
@@ -398,6 +414,341 @@ def run_profile(shape: ClusterShape, seed: int, top: int = 25) -> None:
         stats.sort_stats("tottime").print_stats(top)
 
 
+# ---- largest API-valid objects ----------------------------------------------------------------
+
+# etcd's request limit; the API server accepts policies up to about this much protobuf, which
+# is somewhat more JSON (88k IPv4 excepts, 72k /32 peers, 38k long IPv6 excepts, measured).
+LARGE_BYTES = 1536 * 1024
+LARGE_TARGET_S = 2.0  # parse + compile, render and apply, each
+AGENT_RSS_TARGET_MIB = 256.0
+LARGE_SELECTED_PODS = 10  # pods on the node that the policy selects (one allowance, shared)
+
+
+@dataclass
+class LargeResult:
+    """One large policy: what the operator and (in a subprocess) an agent spent on it."""
+
+    name: str
+    entries: str
+    policy_bytes: int
+    problem: str
+    parse_s: float  # JSON text -> model (what the operator does with a watch event)
+    compile_s: float  # compile, materialize the node's rules and groups, build their bodies
+    groups: int
+    largest_group_bytes: int
+    node_rules_bytes: int
+    agent: dict[str, Any] = field(default_factory=dict)
+
+
+def _v4(i: int) -> str:
+    return f"{ipaddress.IPv4Address(int(ipaddress.IPv4Address('10.128.0.0')) + 2 * i)}/32"
+
+
+def _v6(i: int) -> str:
+    # long spellings (no "::" shortening inside): the most bytes per entry
+    base = int(ipaddress.IPv6Address("2001:db8:ffff:ffff:ffff:ffff:ffff:1"))
+    return f"{ipaddress.IPv6Address(base - (i << 20))}/128"
+
+
+def _fill(make: Callable[[int], str], wrap: Callable[[str], Any], budget: int) -> int:
+    """How many entries ``wrap(make(i))`` fit in ``budget`` bytes of compact JSON."""
+    used, n = 0, 0
+    while True:
+        size = len(json.dumps(wrap(make(n)), separators=(",", ":"))) + 1
+        if used + size > budget:
+            return n
+        used, n = used + size, n + 1
+
+
+def _policy_body(name: str, rule: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "bench"},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "ingress": [rule]},
+    }
+
+
+def large_policies() -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, what it holds, body) of each large policy."""
+    budget = LARGE_BYTES - 300  # the rest of the object
+    limit = policy_limits.IPBLOCK_ENTRIES_MAX
+
+    def excepts(cidr: str, make: Callable[[int], str], n: int) -> dict[str, Any]:
+        return {"from": [{"ipBlock": {"cidr": cidr, "except": [make(i) for i in range(n)]}}]}
+
+    def hosts(n: int) -> dict[str, Any]:
+        return {"from": [{"ipBlock": {"cidr": _v4(i)}} for i in range(n)]}
+
+    v4_fit = _fill(_v4, lambda e: e, budget)
+    v6_fit = _fill(_v6, lambda e: e, budget)
+    peers_fit = _fill(_v4, lambda e: {"ipBlock": {"cidr": e}}, budget)
+    ports = [{"port": 1000 + i} for i in range(1000)]
+    most_ports = [{"port": 1 + i} for i in range(policy_limits.PORTS_MAX)]
+    cases = [
+        ("a-v4-fit", f"1 ipBlock, {v4_fit:,} IPv4 excepts", excepts("10.0.0.0/8", _v4, v4_fit)),
+        (
+            "a-v4-limit",
+            f"1 ipBlock, {limit - 1:,} IPv4 excepts",
+            excepts("10.0.0.0/8", _v4, limit - 1),
+        ),
+        ("a-v6-fit", f"1 ipBlock, {v6_fit:,} IPv6 excepts", excepts("2001:db8::/32", _v6, v6_fit)),
+        (
+            "a-v6-limit",
+            f"1 ipBlock, {limit // 2 - 1:,} IPv6 excepts",
+            excepts("2001:db8::/32", _v6, limit // 2 - 1),
+        ),
+        ("b-fit", f"{peers_fit:,} /32 peers", hosts(peers_fit)),
+        ("b-limit", f"{limit:,} /32 peers", hosts(limit)),
+        (
+            "c-1000x1000",
+            "1,000 excepts x 1,000 ports",
+            {**excepts("10.0.0.0/8", _v4, 1000), "ports": ports},
+        ),
+        (
+            "c-limit",
+            f"{limit - 1:,} excepts x {len(most_ports):,} ports",
+            {**excepts("10.0.0.0/8", _v4, limit - 1), "ports": most_ports},
+        ),
+    ]
+    return [(name, what, _policy_body(name, rule)) for name, what, rule in cases]
+
+
+def _large_cluster() -> list[dict[str, Any]]:
+    """Namespace, node and the selected server pods the large policies apply to."""
+    objs: list[dict[str, Any]] = [
+        {"kind": "Namespace", "metadata": {"name": "bench"}},
+        {"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDR": "10.255.0.0/24"}},
+    ]
+    for i in range(LARGE_SELECTED_PODS):
+        objs.append(
+            {
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"server-{i}",
+                    "namespace": "bench",
+                    "labels": {"app": "server"},
+                },
+                "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+                "status": {
+                    "phase": "Running",
+                    "podIP": f"10.255.0.{10 + i}",
+                    "podIPs": [{"ip": f"10.255.0.{10 + i}"}, {"ip": f"fd00:255::{10 + i:x}"}],
+                },
+            }
+        )
+    return objs
+
+
+def run_large(netns: str | None) -> list[LargeResult]:
+    """Compile each large policy here (the operator's side) and hand what would be
+    published to a fresh agent subprocess."""
+    cluster = [parse_object(o) for o in _large_cluster()]
+    results = []
+    for name, what, body in large_policies():
+        text = json.dumps(body, separators=(",", ":"))
+        gc.collect()
+        start = time.perf_counter()
+        policy = parse_object(json.loads(text))
+        parse_s = time.perf_counter() - start
+        start = time.perf_counter()
+        compiler = compile_objects([*cluster, policy])
+        rules = compiler.node_rules("n1")
+        groups = groups_for(compiler, rules)
+        rules_body = node_rules_body(rules)
+        group_bodies = [group_body(g, ["n1"]) for g in groups.values()]
+        compile_s = time.perf_counter() - start
+        published = json.dumps({"rules": rules_body, "groups": group_bodies})
+        result = LargeResult(
+            name=name,
+            entries=what,
+            policy_bytes=len(text),
+            problem=compiler.policy_problems().get(f"bench/{name}", ""),
+            parse_s=parse_s,
+            compile_s=compile_s,
+            groups=len(compiler.group_names()),
+            largest_group_bytes=max((len(json.dumps(b)) for b in group_bodies), default=0),
+            node_rules_bytes=len(json.dumps(rules_body)),
+        )
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            f.write(published)
+            f.flush()
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--agent-worker", f.name]
+            if netns is not None:
+                cmd += ["--netns", netns]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"agent worker for {name} failed with exit code {proc.returncode}")
+        result.agent = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(result)
+        print(f"  ran large {name:<12}", file=sys.stderr, flush=True)
+    return results
+
+
+def agent_worker(path: str, netns: str | None) -> dict[str, Any]:
+    """What an agent does with the published objects: decode them (as a watch would),
+    render, apply, and render again at the next resync (memoized). Imports the agent module
+    so the baseline RSS is an agent's."""
+    import controller.agent.agent  # noqa: F401 - the agent's imports, for its baseline RSS
+    from controller.agent.kernel import Kernel
+    from controller.agent.render import RenderOptions
+    from controller.agent.view import AgentView
+    from controller.resources import group_from_body, node_rules_from_body
+
+    baseline = max_rss_mib()
+    with open(path) as f:
+        text = f.read()
+    start = time.perf_counter()
+    published = json.loads(text)
+    view = AgentView("n1", node_rules_from_body(published["rules"]), 1)
+    view.groups = {b["metadata"]["name"]: group_from_body(b) for b in published["groups"]}
+    decode_s = time.perf_counter() - start
+    del text, published
+    start = time.perf_counter()
+    ruleset = view.ruleset(RenderOptions())
+    render_s = time.perf_counter() - start
+    size = len(json.dumps(ruleset))
+    elements = sum(
+        len(c["add"][k].get("elem", ()))
+        for c in ruleset["nftables"]
+        for k in ("set", "map")
+        if k in c.get("add", {})
+    )
+    apply_s = None
+    if netns is not None:
+        start = time.perf_counter()
+        Kernel(netns).apply(ruleset)
+        apply_s = time.perf_counter() - start
+    start = time.perf_counter()
+    assert view.ruleset(RenderOptions()) is ruleset
+    resync_s = time.perf_counter() - start
+    return {
+        "decode_s": decode_s,
+        "render_s": render_s,
+        "apply_s": apply_s,
+        "resync_render_s": resync_s,
+        "ruleset_bytes": size,
+        "elements": elements,
+        "baseline_rss_mib": baseline,
+        "peak_rss_mib": max_rss_mib(),
+    }
+
+
+def expansion_scaling(
+    sizes: tuple[int, ...] = (10_000, 20_000, 40_000, 80_000), repeats: int = 3
+) -> None:
+    """Time the ipBlock expansion (canonical blocks, then intervals and one lookup) at
+    doubling sizes, IPv4 and IPv6; the best of ``repeats`` runs, against noise."""
+    print("\n== ipBlock expansion at doubling sizes (BlockPeer.of + first contains()) ==")
+    print(f"  {'excepts':>8}{'IPv4 s':>10}{'ratio':>7}{'IPv6 s':>10}{'ratio':>7}")
+    previous: dict[int, float] = {}
+    for n in sizes:
+        row = f"  {n:>8}"
+        for version, cidr, make in ((4, "10.0.0.0/8", _v4), (6, "2001:db8::/32", _v6)):
+            block = IPBlock(
+                ipaddress.ip_network(cidr),
+                tuple(ipaddress.ip_network(make(i)) for i in range(n)),
+            )
+            probe = ipaddress.ip_network(make(n // 2)).network_address
+            took = math.inf
+            for _ in range(repeats):
+                start = time.perf_counter()
+                assert not BlockPeer.of([block]).contains(probe)
+                took = min(took, time.perf_counter() - start)
+            ratio = f"{took / previous[version]:6.2f}x" if version in previous else "       "
+            previous[version] = took
+            row += f"{took:>10.3f}{ratio}"
+        print(row)
+    print("  (n log n: a little over 2x per doubling; the old expansion was about 4x)")
+
+
+def make_netns() -> str | None:
+    """A throwaway network namespace for the apply measurements, or None if we cannot."""
+    name = f"nftpolicy-bench-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"  (no apply measurements: cannot create a network namespace: {e})")
+        return None
+    return name
+
+
+def print_large(results: list[LargeResult]) -> None:
+    print("\n== Largest API-valid objects (one NetworkPolicy each; agent = fresh subprocess) ==")
+    print(
+        f"  targets: parse + compile, render and apply <= {LARGE_TARGET_S:g} s each; agent peak "
+        f"RSS < {AGENT_RSS_TARGET_MIB:g} MiB. Limits: {policy_limits.IPBLOCK_ENTRIES_MAX:,} "
+        f"ipBlock entries (IPv6 x2), {policy_limits.PORTS_MAX:,} ports, "
+        f"{policy_limits.PEER_GROUPS_MAX:,} peer groups per policy"
+    )
+    columns = (
+        ("case", "", 12),
+        ("policy", "KiB", 8),
+        ("parse", "s", 7),
+        ("compile", "s", 8),
+        ("groups", "", 7),
+        ("group", "KiB", 7),
+        ("rules", "KiB", 7),
+        ("decode", "s", 7),
+        ("render", "s", 7),
+        ("apply", "s", 7),
+        ("resync", "s", 7),
+        ("ruleset", "KiB", 8),
+        ("elems", "", 7),
+        ("RSS", "MiB", 6),
+    )
+    widths = [w for _, _, w in columns]
+    print(_cells([name for name, _, _ in columns], widths) + "  verdict")
+    print(_cells([unit for _, unit, _ in columns], widths))
+    for r in results:
+        a = r.agent
+        apply_s = a["apply_s"]
+        # each stage against the target: operator (parse + compile), agent (decode + render)
+        times = [r.parse_s + r.compile_s, a["decode_s"] + a["render_s"], apply_s or 0.0]
+        ok = max(times) <= LARGE_TARGET_S and a["peak_rss_mib"] < AGENT_RSS_TARGET_MIB
+        values = (
+            r.name,
+            f"{r.policy_bytes / 1024:.0f}",
+            f"{r.parse_s:.2f}",
+            f"{r.compile_s:.2f}",
+            str(r.groups),
+            f"{r.largest_group_bytes / 1024:.0f}",
+            f"{r.node_rules_bytes / 1024:.1f}",
+            f"{a['decode_s']:.2f}",
+            f"{a['render_s']:.2f}",
+            "n/a" if apply_s is None else f"{apply_s:.2f}",
+            f"{a['resync_render_s']:.3f}",
+            f"{a['ruleset_bytes'] / 1024:.0f}",
+            str(a["elements"]),
+            f"{a['peak_rss_mib']:.0f}",
+        )
+        print(_cells(values, widths) + f"  {'ok' if ok else 'MISSED'}")
+    print("  what each holds, and policies over a limit (compiled fail-closed):")
+    for r in results:
+        print(
+            f"    {r.name:<12} {r.entries}" + (f": {r.problem.split(';')[0]}" if r.problem else "")
+        )
+    print(f"  agent baseline RSS (imports only): {results[0].agent['baseline_rss_mib']:.0f} MiB")
+
+
+def _cells(values: Iterable[str], widths: list[int]) -> str:
+    """A table row: the first column left-aligned, the others right-aligned."""
+    pairs = enumerate(zip(values, widths, strict=True))
+    return "  " + "".join(f"{v:<{w}}" if i == 0 else f"{v:>{w}}" for i, (v, w) in pairs)
+
+
+def large_scenario() -> None:
+    netns = make_netns()
+    try:
+        results = run_large(netns)
+    finally:
+        if netns is not None:
+            subprocess.run(["ip", "netns", "del", netns], check=False)
+    print_large(results)
+    expansion_scaling()
+
+
 # ---- driver (parent process) ---------------------------------------------------------------
 
 
@@ -467,7 +818,7 @@ def print_report(
         )
     print(" output")
     row("groups (of which port groups)", (f"{r.groups} ({r.port_groups})" for r in first))
-    row("group members (addresses, ranges, pairs)", (str(r.group_members) for r in first))
+    row("group members (addresses, ipBlocks, pairs)", (str(r.group_members) for r in first))
     row("nodes with rules", (str(r.nodes) for r in first))
     row("isolated local pods", (str(r.local_pods) for r in first))
     row("compiled-policy entries over all nodes", (str(r.compiled_policies) for r in first))
@@ -551,7 +902,12 @@ def main(argv: list[str] | None = None) -> None:
         help="events per kind also timed with materialization",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the big load instead")
+    parser.add_argument(
+        "--large", action="store_true", help="only the largest-API-valid-objects scenario"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON shape: run one measurement
+    parser.add_argument("--agent-worker", help=argparse.SUPPRESS)  # published objects file
+    parser.add_argument("--netns", help=argparse.SUPPRESS)  # where the agent worker applies
     parser.add_argument("--order", default=ORDERS[0], choices=ORDERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -567,8 +923,14 @@ def main(argv: list[str] | None = None) -> None:
         result = run_worker(shape, args.order, args.seed, pod_events, publish)
         print(json.dumps(asdict(result)))
         return
+    if args.agent_worker:
+        print(json.dumps(agent_worker(args.agent_worker, args.netns)))
+        return
     if args.profile:
         run_profile(shapes[-1], args.seed)
+        return
+    if args.large:
+        large_scenario()
         return
 
     started = time.perf_counter()
@@ -592,6 +954,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     print_report(results, shapes, args.quick)
+    large_scenario()
     print(f"\nbenchmark wall time {time.perf_counter() - started:.0f} s")
 
 

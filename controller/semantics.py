@@ -23,6 +23,7 @@ from controller.model import (
     Protocol,
 )
 from controller.model.config import DNS_PORT, DefaultDeny
+from controller.model.limits import too_large
 from controller.model.namespaces import default_deny_directions, namespace_labels
 from controller.model.pod import IPAddress
 
@@ -59,10 +60,16 @@ class Snapshot:
         return cls(namespaces, tuple(pods), nodes, tuple(policies), default_deny or DefaultDeny())
 
     def pod_at(self, ip: IPAddress) -> Pod | None:
-        for pod in self.pods:
-            if ip in pod.addresses:
-                return pod
-        return None
+        """The pod that owns ``ip``, if any.
+
+        Several live pods can report one IP (a pod stuck terminating while its IP is reused, a
+        deletion that was missed); the address belongs to the newest of them, the one the CNI
+        gave it to last: the latest ``creationTimestamp`` (RFC 3339, compared as text; unknown
+        is oldest), then the greatest ``namespace/name``. The others are not at ``ip`` at all:
+        it neither identifies them as peers nor carries their policies.
+        """
+        claimants = [pod for pod in self.pods if ip in pod.addresses]
+        return max(claimants, key=lambda pod: (pod.created, pod.key), default=None)
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,8 @@ def _direction(
         return DirectionVerdict(direction, False, True, ("not isolated",))
     reasons: list[str] = []
     for policy in selecting:
+        if too_large(policy) is not None:
+            continue  # over a limit: it isolates but allows nothing (fail closed)
         for i, rule in enumerate(policy.rules(direction)):
             peer_ok = not rule.peers or any(
                 _peer_matches(snap, policy, peer, peer_ip, peer_pod) for peer in rule.peers

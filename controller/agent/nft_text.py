@@ -33,13 +33,12 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def _concat_value(v: Any) -> str:
-    """A concatenated element, with the protocol field printed by name."""
+def _concat_value(v: Any, type_: Any) -> str:
+    """A set element, with the ``inet_proto`` field of a concatenation printed by name."""
     if isinstance(v, dict) and "concat" in v:
-        parts = list(v["concat"])
         parts = [
-            _PROTOCOLS.get(p, str(p)) if i == 1 and isinstance(p, int) else p
-            for i, p in enumerate(parts)
+            _PROTOCOLS.get(p, str(p)) if t == "inet_proto" and isinstance(p, int) else p
+            for p, t in zip(v["concat"], type_, strict=True)
         ]
         return " . ".join(_value(x) for x in parts)
     return _value(v)
@@ -113,7 +112,7 @@ def to_text(ruleset: dict[str, Any]) -> str:
                 if kind == "map":
                     items = [f"{_value(k)} : {_statement(v)}" for k, v in elems]
                 else:
-                    items = [_concat_value(e) for e in elems]
+                    items = [_concat_value(e, spec["type"]) for e in elems]
                 lines.append("\t\telements = { " + ",\n\t\t\t     ".join(items) + " }")
             lines.append("\t}")
             tables[table].append("\n".join(lines))

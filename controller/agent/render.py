@@ -6,11 +6,25 @@ Layout (see ARCHITECTURE.md):
   source address of the packet is looked up in the egress verdict maps and the destination in
   the ingress verdict maps; only local isolated pods have entries, so other traffic passes.
 * one chain per *distinct* allowance (pods with identical allowances, e.g. the replicas of a
-  Deployment, share it). Its rules are at most four set lookups (address-only and
-  ``address . l4proto . port`` interval sets, IPv4 and IPv6) that ``return`` on a match, then a
-  rate-limited NFLOG and a counted drop. The cost per packet therefore does not grow with the
-  number of policies or peers.
+  Deployment, share it; it is computed once for all of them). Its rules are at most four set
+  lookups (address-only and ``address . l4proto . port`` interval sets, IPv4 and IPv6) that
+  ``return`` on a match, then a rate-limited NFLOG and a counted drop. The cost per packet
+  therefore does not grow with the number of policies or peers.
 * traffic between a node and its own pods never reaches the forward hook, so it is allowed.
+
+Bounded size: multiplying a rule's peers by its ports into ``address . l4proto . port``
+elements is what makes one lookup possible, but 1,000 ``except`` entries times 1,000 ports
+are 10^6 kernel elements (tens of MB of JSON, hundreds of MB in the agent). So a rule whose
+product exceeds ``CROSS_MAX`` elements, or would take the allowance's shared sets past
+``BOXES_MAX``, is not multiplied out: it becomes one rule of two lookups,
+``ip saddr @a… meta l4proto . th dport @p… return``, whose sets hold the rule's address
+intervals and its ports, linear in the rule's size. The trade-off is per packet: each such rule
+(after joining those with equal address or equal port sets) is one more rule that a new
+connection of that pod may walk, instead of being folded into the shared lookup; the common
+small rules keep one lookup. Merging overlapping boxes can itself be quadratic in pathological
+overlaps (``intervals.merge_boxes``): past a work budget every ported rule of that allowance is
+rendered the second way. Those address and port sets are named by their content, so pods and
+chains that need the same one share it.
 
 Strings from the cluster (names, labels) only ever appear as JSON string values (comments and
 log prefixes), never in nft syntax.
@@ -21,14 +35,17 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from controller.agent.intervals import Box, Interval, merge_boxes, merge_intervals
+from controller.compiler.ip_owners import IPConflict
 from controller.compiler.ir import AddressGroup, Group, LocalPod, NodeRules, PortGroup, Rule
 from controller.model import Direction, Protocol
 from controller.model.config import DNS_PORT
+from controller.model.pod import IPAddress
 
 TABLE = "nftpolicy"
 FAMILY = "inet"
@@ -37,6 +54,8 @@ COMMENT_MAX = 127
 FULL = {4: (0, 2**32 - 1), 6: (0, 2**128 - 1)}
 FAMILY_OF_VERSION = {4: "ip", 6: "ip6"}
 SHORT = {Direction.INGRESS: "in", Direction.EGRESS: "out"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,12 +69,38 @@ class MissingGroupError(LookupError):
     """NodeRules refer to a group the renderer was not given."""
 
 
+# A rule's address intervals x port ranges up to this many elements go into the shared sets.
+CROSS_MAX = 4_096
+# Elements the shared ``address . l4proto . port`` sets of one allowance take from rules
+# (before merging); rules beyond it are rendered as separate lookups.
+BOXES_MAX = 65_536
+# Work budget of merging one allowance's boxes: a base plus this much per box (see intervals).
+MERGE_WORK_BASE = 100_000
+MERGE_WORK_PER_BOX = 16
+
+PortSpan = tuple[int, int, int]  # protocol number, first port, last port
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """Peers x ports of a rule, kept apart: one lookup in each set instead of their product."""
+
+    addresses: dict[int, list[Interval]]  # merged, by IP version
+    ports: list[PortSpan]  # merged per protocol
+
+    def key(self) -> tuple[tuple[Interval, ...], tuple[Interval, ...], tuple[PortSpan, ...]]:
+        return tuple(self.addresses[4]), tuple(self.addresses[6]), tuple(self.ports)
+
+
 @dataclass
 class _Allowance:
     """What one pod allows in one direction, before merging."""
 
     any: dict[int, list[Interval]] = field(default_factory=lambda: {4: [], 6: []})
-    boxes: dict[int, list[Box]] = field(default_factory=lambda: {4: [], 6: []})
+    products: list[_Pair] = field(default_factory=list)  # small rules: multiplied out
+    pairs: list[_Pair] = field(default_factory=list)  # large rules: separate lookups
+    # Egress named-port members and the DNS allowance, already (protocol, address, port).
+    points: dict[int, list[Box]] = field(default_factory=lambda: {4: [], 6: []})
     sources: set[str] = field(default_factory=set)  # policies / allowances that contributed
 
 
@@ -65,6 +110,7 @@ class _Chain:
     direction: Direction
     any: dict[int, list[Interval]]
     boxes: dict[int, list[Box]]
+    pairs: tuple[_Pair, ...]
     sources: tuple[str, ...]
 
 
@@ -76,7 +122,7 @@ def render(
     missing = rules.groups() - set(groups)
     if missing:
         raise MissingGroupError(f"node {rules.node}: unknown group(s) {', '.join(sorted(missing))}")
-    cache = _GroupCache(groups)
+    cache = _Cache(groups, rules.allow_dns)
     chains: dict[str, _Chain] = {}
     vmaps: dict[tuple[Direction, int], list[tuple[str, str, str]]] = defaultdict(list)
     by_pod: dict[str, list[tuple[str, Rule, Direction]]] = defaultdict(list)
@@ -86,36 +132,60 @@ def render(
             isolated[pod_key] |= policy.isolates
             for d in policy.isolates:
                 by_pod[pod_key].extend((policy.key, r, d) for r in policy.rules(d))
+    lost: set[tuple[IPAddress, str]] = set()
+    for conflict in duplicate_addresses(rules):
+        log.warning("node %s: %s; the others' entries are left out", rules.node, conflict)
+        lost.update((conflict.ip, key) for key in conflict.losers)
     for pod in rules.pods:
         for direction in (Direction.EGRESS, Direction.INGRESS):
             if direction not in isolated[pod.key] and direction not in pod.default_deny:
                 continue
-            allowance = _allowance(pod, direction, by_pod[pod.key], rules.allow_dns, cache)
-            chain = _chain(direction, allowance)
+            chain = cache.chain(pod, direction, by_pod[pod.key])
             chains.setdefault(chain.name, chain)
             for ip in pod.ips:
-                vmaps[(direction, ip.version)].append((str(ip), chain.name, pod.key))
+                if (ip, pod.key) not in lost:
+                    vmaps[(direction, ip.version)].append((str(ip), chain.name, pod.key))
     return {"nftables": _commands(chains, vmaps, opts)}
 
 
-class _GroupCache:
-    """Per-render cache of group contents as merged integer intervals, by family."""
+def duplicate_addresses(rules: NodeRules) -> list[IPConflict]:
+    """Addresses that several local pods list, by address, with the pod that keeps each.
 
-    def __init__(self, groups: dict[str, Group]) -> None:
+    The operator gives every address to one pod (``compiler/ip_owners.py``), but rules from an
+    older operator, or edited by hand, may not: two verdict-map elements with one key make the
+    kernel refuse the whole transaction (``File exists``), so the node would take no update
+    at all. One pod keeps the address, the greatest ``namespace/name`` (rules carry no
+    creation times; at equal ones the operator decides the same way); the agent counts these.
+    """
+    claimants: dict[IPAddress, set[str]] = defaultdict(set)
+    for pod in rules.pods:
+        for ip in pod.ips:
+            claimants[ip].add(pod.key)
+    out = []
+    for ip in sorted(claimants, key=lambda ip: (ip.version, int(ip))):
+        keys = claimants[ip]
+        if len(keys) > 1:
+            winner = max(keys)
+            out.append(IPConflict(ip, winner, tuple(sorted(keys - {winner}))))
+    return out
+
+
+class _Cache:
+    """Per-render memory: group contents as merged integer intervals, and chains by what
+    decides them (so the replicas of a Deployment cost one chain computation, not one each)."""
+
+    def __init__(self, groups: dict[str, Group], allow_dns: bool) -> None:
         self._groups = groups
+        self._allow_dns = allow_dns
         self._intervals: dict[str, dict[int, list[Interval]]] = {}
+        self._chains: dict[tuple[object, ...], _Chain] = {}
 
     def intervals(self, name: str) -> dict[int, list[Interval]]:
         cached = self._intervals.get(name)
         if cached is None:
             group = self._groups[name]
             assert isinstance(group, AddressGroup)
-            raw: dict[int, list[Interval]] = {4: [], 6: []}
-            for ip in group.addresses:
-                raw[ip.version].append((int(ip), int(ip)))
-            for lo, hi in group.ranges:
-                raw[lo.version].append((int(lo), int(hi)))
-            cached = self._intervals[name] = {v: merge_intervals(iv) for v, iv in raw.items()}
+            cached = self._intervals[name] = group.intervals()
         return cached
 
     def port_group(self, name: str) -> PortGroup:
@@ -123,64 +193,144 @@ class _GroupCache:
         assert isinstance(group, PortGroup)
         return group
 
+    def chain(
+        self, pod: LocalPod, direction: Direction, rules: list[tuple[str, Rule, Direction]]
+    ) -> _Chain:
+        """The chain of ``pod`` in ``direction``. It depends only on the rules (by identity,
+        all alive for this render), the pod's numbers for the ingress named ports they use,
+        and whether the DNS allowance applies."""
+        mine = [(key, rule) for key, rule, d in rules if d is direction]
+        named = tuple(pod.named_port(n, p) for _, rule in mine for n, p in rule.named_ports)
+        dns = direction is Direction.EGRESS and direction in pod.default_deny and self._allow_dns
+        memo_key = (direction, tuple((key, id(rule)) for key, rule in mine), named, dns)
+        chain = self._chains.get(memo_key)
+        if chain is None:
+            chain = self._chains[memo_key] = _chain(direction, _allowance(pod, mine, dns, self))
+        return chain
+
 
 def _allowance(
-    pod: LocalPod,
-    direction: Direction,
-    rules: list[tuple[str, Rule, Direction]],
-    allow_dns: bool,
-    cache: _GroupCache,
+    pod: LocalPod, rules: list[tuple[str, Rule]], dns: bool, cache: _Cache
 ) -> _Allowance:
     out = _Allowance()
-    for policy_key, rule, d in rules:
-        if d is not direction:
-            continue
-        before = (sum(map(len, out.any.values())), sum(map(len, out.boxes.values())))
-        peers: dict[int, list[Interval]] = {4: [], 6: []}
+    shared = 0  # elements the small rules put into the shared sets so far
+    for policy_key, rule in rules:
+        contributed = False
         if rule.peers is None:
             peers = {v: [FULL[v]] for v in (4, 6)}
         else:
+            raw: dict[int, list[Interval]] = {4: [], 6: []}
             for name in rule.peers:
                 for v, ivs in cache.intervals(name).items():
-                    peers[v].extend(ivs)
+                    raw[v].extend(ivs)
+            peers = {v: merge_intervals(ivs) for v, ivs in raw.items()}
+        addresses = len(peers[4]) + len(peers[6])
         if rule.ports is None:
             for v in (4, 6):
                 out.any[v].extend(peers[v])
+            contributed = addresses > 0
         else:
             ports = [(p.protocol.number, p.first, p.last) for p in rule.ports]
             for name, protocol in rule.named_ports:  # ingress: resolve on this pod
                 number = pod.named_port(name, protocol)
                 if number is not None:
                     ports.append((protocol.number, number, number))
-            for v in (4, 6):
-                out.boxes[v].extend(
-                    (proto, lo, hi, plo, phi) for proto, plo, phi in ports for lo, hi in peers[v]
-                )
+            pair = _Pair(peers, _merge_ports(ports))
+            size = addresses * len(pair.ports)
+            if size and size <= CROSS_MAX and shared + size <= BOXES_MAX:
+                out.products.append(pair)
+                shared += size
+            elif size:
+                out.pairs.append(pair)
+            contributed = size > 0
         for name in rule.port_groups:  # egress: resolved on each destination pod
             group = cache.port_group(name)
             for ip, number in group.members:
-                out.boxes[ip.version].append(
+                out.points[ip.version].append(
                     (group.protocol.number, int(ip), int(ip), number, number)
                 )
-        if (sum(map(len, out.any.values())), sum(map(len, out.boxes.values()))) != before:
+                contributed = True
+        if contributed:
             out.sources.add(policy_key)
-    if direction is Direction.EGRESS and direction in pod.default_deny and allow_dns:
+    if dns:
         for v in (4, 6):
             lo, hi = FULL[v]
             for proto in (Protocol.UDP, Protocol.TCP):
-                out.boxes[v].append((proto.number, lo, hi, DNS_PORT, DNS_PORT))
+                out.points[v].append((proto.number, lo, hi, DNS_PORT, DNS_PORT))
         out.sources.add("default-deny DNS")
     return out
 
 
+def _merge_ports(ports: list[PortSpan]) -> list[PortSpan]:
+    by_proto: dict[int, list[Interval]] = defaultdict(list)
+    for proto, first, last in ports:
+        by_proto[proto].append((first, last))
+    return [
+        (proto, lo, hi) for proto in sorted(by_proto) for lo, hi in merge_intervals(by_proto[proto])
+    ]
+
+
+def _products(pairs: list[_Pair], version: int) -> list[Box]:
+    return [
+        (proto, lo, hi, plo, phi)
+        for pair in pairs
+        for proto, plo, phi in pair.ports
+        for lo, hi in pair.addresses[version]
+    ]
+
+
 def _chain(direction: Direction, allowance: _Allowance) -> _Chain:
     any_ = {v: merge_intervals(allowance.any[v]) for v in (4, 6)}
-    boxes = {v: merge_boxes(allowance.boxes[v]) for v in (4, 6)}
-    digest = hashlib.sha256(
-        json.dumps([str(direction), any_, boxes], separators=(",", ":")).encode()
-    ).hexdigest()[:16]
+    boxes: dict[int, list[Box]] = {}
+    pairs = allowance.pairs
+    for v in (4, 6):
+        candidates = allowance.points[v] + _products(allowance.products, v)
+        merged = merge_boxes(candidates, MERGE_WORK_BASE + MERGE_WORK_PER_BOX * len(candidates))
+        if merged is None:  # pathological overlaps: no product at all, only separate lookups
+            pairs = allowance.pairs + allowance.products
+            boxes = {u: _merge_points(allowance.points[u]) for u in (4, 6)}
+            break
+        boxes[v] = merged
+    joined = _coalesce(pairs)
+    content: list[Any] = [str(direction), any_, boxes]
+    if joined:  # (absent otherwise: chain names stay what they were before pairs existed)
+        content.append([pair.key() for pair in joined])
+    digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()[:16]
     return _Chain(
-        f"{SHORT[direction]}-{digest}", direction, any_, boxes, tuple(sorted(allowance.sources))
+        f"{SHORT[direction]}-{digest}",
+        direction,
+        any_,
+        boxes,
+        tuple(joined),
+        tuple(sorted(allowance.sources)),
+    )
+
+
+def _merge_points(points: list[Box]) -> list[Box]:
+    """Named-port members and the DNS boxes overlap only a little: their merge is linear."""
+    merged = merge_boxes(points)
+    assert merged is not None  # no budget given
+    return merged
+
+
+def _coalesce(pairs: list[_Pair]) -> list[_Pair]:
+    """Join pairs with equal port sets (addresses united), then with equal address sets
+    (ports united): the same traffic, fewer rules. Sorted, so the chain is canonical."""
+    by_ports: dict[tuple[PortSpan, ...], dict[int, list[Interval]]] = {}
+    for pair in pairs:
+        acc = by_ports.setdefault(tuple(pair.ports), {4: [], 6: []})
+        for v in (4, 6):
+            acc[v].extend(pair.addresses[v])
+    by_addresses: dict[tuple[tuple[Interval, ...], ...], list[PortSpan]] = {}
+    for ports, raw in by_ports.items():
+        addresses = {v: merge_intervals(raw[v]) for v in (4, 6)}
+        by_addresses.setdefault((tuple(addresses[4]), tuple(addresses[6])), []).extend(ports)
+    return sorted(
+        (
+            _Pair({4: list(a4), 6: list(a6)}, _merge_ports(ports))
+            for (a4, a6), ports in by_addresses.items()
+        ),
+        key=_Pair.key,
     )
 
 
@@ -233,8 +383,11 @@ def _commands(
         {"delete": {"table": _table()}},
         {"add": {"table": _table()}},
     ]
-    for chain in sorted(chains.values(), key=lambda c: c.name):
-        cmds.extend(_chain_commands(chain, opts))
+    ordered = sorted(chains.values(), key=lambda c: c.name)
+    shared: dict[str, dict[str, Any]] = {}  # the pairs' sets, by content: once per table
+    chain_cmds = [cmd for chain in ordered for cmd in _chain_commands(chain, opts, shared)]
+    cmds.extend(shared.values())
+    cmds.extend(chain_cmds)
     map_names: dict[tuple[Direction, int], str] = {}
     for direction in (Direction.EGRESS, Direction.INGRESS):
         for v in (4, 6):
@@ -311,15 +464,34 @@ def _set(name: str, type_: str | list[str], elements: list[Any]) -> dict[str, An
     }
 
 
+_L4PROTO_DPORT = {
+    "concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
+}
+
+
+def _match(key: dict[str, Any], set_name: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": key, "right": f"@{set_name}"}}
+
+
 def _lookup(key: dict[str, Any], set_name: str, comment: str) -> dict[str, Any]:
     """A rule that returns (allows, for this chain) when ``key`` is in the set."""
-    return {
-        "expr": [{"match": {"op": "==", "left": key, "right": f"@{set_name}"}}, {"return": None}],
-        "comment": _comment(comment),
-    }
+    return {"expr": [_match(key, set_name), {"return": None}], "comment": _comment(comment)}
 
 
-def _chain_commands(chain: _Chain, opts: RenderOptions) -> list[dict[str, Any]]:
+def _shared_set(
+    shared: dict[str, dict[str, Any]], prefix: str, type_: str | list[str], elements: list[Any]
+) -> str:
+    """The name of a set holding ``elements``, added to ``shared`` once whoever needs it."""
+    text = json.dumps([type_, elements], separators=(",", ":"))
+    name = f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if name not in shared:
+        shared[name] = _set(name, type_, elements)
+    return name
+
+
+def _chain_commands(
+    chain: _Chain, opts: RenderOptions, shared: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     table = _in_table()
     peer_field = "saddr" if chain.direction is Direction.INGRESS else "daddr"
     sources = ", ".join(chain.sources) or "nothing"
@@ -345,14 +517,33 @@ def _chain_commands(chain: _Chain, opts: RenderOptions) -> list[dict[str, Any]]:
             cmds.append(
                 _set(f"{chain.name}-p{v}", [addr_type, "inet_proto", "inet_service"], elements)
             )
-            key = {
-                "concat": [
-                    peer,
-                    {"meta": {"key": "l4proto"}},
-                    {"payload": {"protocol": "th", "field": "dport"}},
-                ]
-            }
+            key = {"concat": [peer, *_L4PROTO_DPORT["concat"]]}
             rules.append(_lookup(key, f"{chain.name}-p{v}", f"allow ports: {sources}"))
+    for pair in chain.pairs:
+        ports = _shared_set(
+            shared,
+            "ports",
+            ["inet_proto", "inet_service"],
+            [{"concat": [proto, _port_elem(lo, hi)]} for proto, lo, hi in pair.ports],
+        )
+        for v in (4, 6):
+            if pair.addresses[v]:
+                addresses = _shared_set(
+                    shared,
+                    f"addr{v}",
+                    "ipv4_addr" if v == 4 else "ipv6_addr",
+                    [_addr_elem(v, lo, hi) for lo, hi in pair.addresses[v]],
+                )
+                rules.append(
+                    {
+                        "expr": [
+                            _match(_payload(v, peer_field), addresses),
+                            _match(_L4PROTO_DPORT, ports),
+                            {"return": None},
+                        ],
+                        "comment": _comment(f"allow ports (large rule): {sources}"),
+                    }
+                )
     if opts.log_group is not None:
         rules.append(
             {

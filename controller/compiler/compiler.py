@@ -5,16 +5,22 @@ match a pod's labels, the pods of one namespace), never a rescan of the cluster.
 only records *which* groups and nodes changed; their contents are materialized on demand by
 ``group()`` and ``node_rules()``, so a burst of events costs one materialization per consumer.
 
+Its cost is bounded per object: peers and rules compile in O(n log n) in a policy's size, and a
+policy over a limit of ``model/limits.py`` compiles fail-closed (it isolates the pods it
+selects and allows nothing), reported by ``policy_problems()``.
+
 It does no I/O: the operator feeds it watch events and publishes what ``take_changes()``
 reports; the CLI feeds it files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from controller.compiler.ip_owners import IPConflict, IPOwners
 from controller.compiler.ir import (
     AddressGroup,
     CompiledPolicy,
@@ -31,8 +37,8 @@ from controller.compiler.peers import (
     Peer,
     PodPeer,
     address_group_name,
-    block_ranges,
-    normalize_peer,
+    describe,
+    normalize_peers,
     peer_matches_pod,
     port_group_name,
 )
@@ -49,6 +55,7 @@ from controller.model import (
     Protocol,
 )
 from controller.model.config import DefaultDeny
+from controller.model.limits import too_large
 from controller.model.namespaces import default_deny_directions, namespace_labels
 from controller.model.pod import IPAddress
 
@@ -117,12 +124,14 @@ class Compiler:
         self._default_deny = default_deny or DefaultDeny()
         self._namespaces: dict[str, Namespace] = {}
         self._nodes: dict[str, Node] = {}
-        self._pods: dict[str, Pod] = {}
+        self._ip_owners = IPOwners()
+        self._pods: dict[str, Pod] = {}  # effective pods (see ip_owners.py)
         self._pods_by_ns: dict[str, set[str]] = {}
         self._pods_by_label: dict[tuple[str, str, str | None], set[str]] = {}
         self._pods_by_node: dict[str, set[str]] = {}
         self._policies: dict[str, NetworkPolicy] = {}
         self._policy_code: dict[str, _PolicyCode] = {}
+        self._problems: dict[str, str] = {}  # policies over a limit -> why (see limits.py)
         self._policy_index: dict[str, SelectorIndex[str]] = {}
         self._selected: dict[str, set[str]] = {}
         self._pod_policies: dict[str, set[str]] = {}
@@ -146,6 +155,15 @@ class Compiler:
     def group_names(self) -> list[str]:
         return sorted(self._groups)
 
+    def policies_using(self, group: str) -> list[str]:
+        """Keys of the policies whose rules refer to ``group`` (to report a failed write)."""
+        return sorted(k for k, code in self._policy_code.items() if group in code.groups)
+
+    def policy_problems(self) -> Mapping[str, str]:
+        """Policies compiled fail-closed because they exceed a limit (``model/limits.py``):
+        key -> one-line reason, for the operator to report. A read-only live view."""
+        return MappingProxyType(self._problems)
+
     def node_names(self) -> list[str]:
         return sorted(set(self._nodes) | {n for n, pods in self._pods_by_node.items() if pods})
 
@@ -165,13 +183,13 @@ class Compiler:
                     continue
                 ips = pod.addresses
                 if isinstance(peer, BlockPeer):  # a dual-stack pod may be in the block by one IP
-                    ips = tuple(ip for ip in ips if peer.block.contains(ip))
+                    ips = tuple(ip for ip in ips if peer.contains(ip))
                 pairs.update((ip, number) for ip in ips)
-            return PortGroup(name, str(peer), protocol, port_name, frozenset(pairs))
+            return PortGroup(name, describe(peer), protocol, port_name, frozenset(pairs))
         if isinstance(peer, BlockPeer):
-            return AddressGroup(name, str(peer), ranges=block_ranges(peer.block))
+            return AddressGroup(name, describe(peer), blocks=peer.blocks)
         addresses = {ip for key in members for ip in self._pods[key].addresses}
-        return AddressGroup(name, str(peer), addresses=frozenset(addresses))
+        return AddressGroup(name, describe(peer), addresses=frozenset(addresses))
 
     def node_rules(self, node: str) -> NodeRules:
         local: list[LocalPod] = []
@@ -186,7 +204,7 @@ class Compiler:
                 continue
             for pkey in policies:
                 applied.setdefault(pkey, []).append(key)
-            named = tuple(sorted((p.name, p.protocol, p.port) for p in pod.ports if p.name))
+            named = pod.named_ports  # Kubernetes' resolution order, first declared wins
             local.append(LocalPod(key, pod.addresses, named, deny))
         compiled = []
         for pkey in sorted(applied):
@@ -267,18 +285,29 @@ class Compiler:
     # ---- pods ------------------------------------------------------------------------------------
 
     def upsert_pod(self, pod: Pod) -> None:
-        old = self._pods.get(pod.key)
-        if old is not None:
-            if _relevant(old) == _relevant(pod):
-                self._pods[pod.key] = pod
-                return
-            self._remove_pod(old)
-        self._add_pod(pod)
+        for key, effective in self._ip_owners.upsert(pod):
+            self._set_pod(key, effective)
 
     def delete_pod(self, key: str) -> None:
+        for k, effective in self._ip_owners.delete(key):
+            self._set_pod(k, effective)
+
+    def take_ip_conflicts(self) -> list[IPConflict]:
+        """Addresses reported by several live pods whose claimants changed since the last
+        call, with the pod that owns each (see ``ip_owners.py``): for the operator to report."""
+        return self._ip_owners.take_conflicts()
+
+    def _set_pod(self, key: str, pod: Pod | None) -> None:
+        """Make ``pod`` (an effective pod: only the addresses it owns) the pod ``key``, or
+        remove it (None)."""
         old = self._pods.get(key)
         if old is not None:
+            if pod is not None and _relevant(old) == _relevant(pod):
+                self._pods[key] = pod
+                return
             self._remove_pod(old)
+        if pod is not None:
+            self._add_pod(pod)
 
     def _add_pod(self, pod: Pod) -> None:
         key = pod.key
@@ -395,12 +424,17 @@ class Compiler:
     def _add_policy(self, policy: NetworkPolicy) -> None:
         key = policy.key
         acquired: list[str] = []
-        ingress = tuple(
-            self._compile_rule(policy, Direction.INGRESS, r, acquired) for r in policy.ingress
-        )
-        egress = tuple(
-            self._compile_rule(policy, Direction.EGRESS, r, acquired) for r in policy.egress
-        )
+        problem = too_large(policy)
+        if problem is None:
+            ingress = tuple(
+                self._compile_rule(policy, Direction.INGRESS, r, acquired) for r in policy.ingress
+            )
+            egress = tuple(
+                self._compile_rule(policy, Direction.EGRESS, r, acquired) for r in policy.egress
+            )
+        else:  # fail closed: it still isolates what it selects (policy_types), allows nothing
+            self._problems[key] = problem
+            ingress = egress = ()
         self._policies[key] = policy
         self._policy_code[key] = _PolicyCode(ingress, egress, tuple(acquired))
         self._policy_index.setdefault(policy.namespace, SelectorIndex()).add(
@@ -424,12 +458,13 @@ class Compiler:
         self._policy_index[policy.namespace].remove(key)
         for name in self._policy_code.pop(key).groups:
             self._release_group(name)
+        self._problems.pop(key, None)
         del self._policies[key]
 
     def _compile_rule(
         self, policy: NetworkPolicy, direction: Direction, rule: PolicyRule, acquired: list[str]
     ) -> Rule:
-        peers = [normalize_peer(p, policy.namespace) for p in rule.peers]
+        peers = normalize_peers(rule.peers, policy.namespace)
         if not rule.ports:
             return Rule(peers=self._address_groups(peers, acquired) if peers else None, ports=None)
         ranges: set[PortRange] = set()

@@ -1,7 +1,10 @@
 """The compiled, per-node intermediate form that the controller publishes and agents apply.
 
 Address groups are shared between policies and nodes (named by a hash of the normalized peer,
-so two policies that say the same thing share one group); ``NodeRules`` hold, for one node,
+so two policies that say the same thing share one group). An ipBlock group holds the blocks
+as written (``cidr`` and ``except`` entries) rather than the intervals they denote, which take
+twice the strings: its size is that of the policy's own rule, and the agent expands it
+(``intervals()``, O(n log n)). ``NodeRules`` hold, for one node,
 only the pods that live there and the rules of the policies that select them, referring to
 groups by name. Everything here is plain frozen data with a stable JSON form, so it can be
 diffed, hashed and stored in custom resources.
@@ -10,31 +13,42 @@ diffed, hashed and stored in custom resources.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.model import Direction, Protocol
+from controller.agent.intervals import Interval, merge_intervals, subtract
+from controller.model import Direction, IPBlock, Protocol
+from controller.model.node import IPNetwork
 from controller.model.pod import IPAddress
-
-# An inclusive address interval of one family (ipBlock cidr minus except, normalized).
-IPRange = tuple[IPAddress, IPAddress]
 
 
 @dataclass(frozen=True)
 class AddressGroup:
-    """Addresses matched by one normalized peer: pod IPs, or ipBlock intervals."""
+    """Addresses matched by one normalized peer: pod IPs, or ipBlocks (cidr minus except).
+
+    In JSON each block is a list of canonical strings, its ``cidr`` then its ``except``
+    entries: at most a few bytes more than the policy's own text for the same block.
+    """
 
     name: str
     peer: str  # human-readable normalized peer, for status and debugging
     addresses: frozenset[IPAddress] = frozenset()
-    ranges: tuple[IPRange, ...] = ()
+    blocks: tuple[IPBlock, ...] = ()
+
+    def intervals(self) -> dict[int, list[Interval]]:
+        """Every address of the group as merged integer intervals, by IP version."""
+        raw = _block_pieces(self.blocks)
+        for ip in self.addresses:
+            raw[ip.version].append((int(ip), int(ip)))
+        return {v: merge_intervals(ivs) for v, ivs in raw.items()}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "peer": self.peer,
             "addresses": sorted(map(str, self.addresses), key=_ip_sort_key),
-            "ranges": [[str(a), str(b)] for a, b in self.ranges],
+            "blocks": [[str(b.cidr), *map(str, b.excepts)] for b in self.blocks],
         }
 
     @classmethod
@@ -43,10 +57,31 @@ class AddressGroup:
             name=raw["name"],
             peer=raw.get("peer", ""),
             addresses=frozenset(ipaddress.ip_address(a) for a in raw.get("addresses", ())),
-            ranges=tuple(
-                (ipaddress.ip_address(a), ipaddress.ip_address(b)) for a, b in raw.get("ranges", ())
+            blocks=tuple(
+                IPBlock(ipaddress.ip_network(cidr), tuple(map(ipaddress.ip_network, excepts)))
+                for cidr, *excepts in raw.get("blocks", ())
             ),
         )
+
+
+def block_intervals(blocks: Iterable[IPBlock]) -> dict[int, list[Interval]]:
+    """The addresses of ``blocks`` (each ``cidr`` minus its ``except`` entries) as merged
+    integer intervals, by IP version: one sort of each block's excepts and one of the result,
+    O(n log n) in the entries."""
+    return {v: merge_intervals(ivs) for v, ivs in _block_pieces(blocks).items()}
+
+
+def _block_pieces(blocks: Iterable[IPBlock]) -> dict[int, list[Interval]]:
+    out: dict[int, list[Interval]] = {4: [], 6: []}
+    for block in blocks:
+        holes = map(_span, block.excepts)
+        out[block.cidr.version].extend(subtract(_span(block.cidr), holes))
+    return out
+
+
+def _span(net: IPNetwork) -> Interval:
+    first = int(net.network_address)  # (broadcast_address is several times slower)
+    return first, first | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,28 @@
 Two policy peers that select the same set of endpoints in every possible cluster normalize to
 the same key (selectors are already canonical), so they share one group; the group's name is
 a hash of that key, stable across restarts and controller replicas.
+
+All ipBlock peers of one rule are one peer (``BlockPeer``): one group per rule however many
+blocks it lists, so a rule of 40,000 /32 peers is one object, as large as that rule.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from controller.compiler.ir import IPRange
+from controller.agent.intervals import IntervalSet
+from controller.compiler.ir import block_intervals
 from controller.model import IPBlock, LabelSelector, Pod, PolicyPeer, Protocol
+from controller.model.node import IPNetwork
+from controller.model.pod import IPAddress
 from controller.model.selector import EVERYTHING
+
+PEER_TEXT_MAX = 200  # characters of a group's human-readable ``peer``
 
 
 @dataclass(frozen=True)
@@ -47,13 +55,50 @@ class PodPeer:
 
 @dataclass(frozen=True)
 class BlockPeer:
-    block: IPBlock
+    """The ipBlock peers of one rule, together: the union of each ``cidr`` minus its excepts.
+
+    Identity (equality, hash) is the digest of the canonical blocks, computed once: the blocks
+    themselves can be tens of thousands, and peers are dictionary keys on every pod event.
+    """
+
+    digest: str  # all of SHA-256: unlike a group name's, a collision would merge two peers
+    blocks: tuple[IPBlock, ...] = field(compare=False)
+
+    @classmethod
+    def of(cls, blocks: Iterable[IPBlock]) -> BlockPeer:
+        """Blocks and their excepts in canonical order (family, network, prefix length),
+        duplicates dropped, so equal sets of blocks are one peer however they were written.
+        Sorting and hashing work on integer keys: tens of thousands of ``ipaddress``
+        comparisons, hashes or strings would cost seconds."""
+        canonical: dict[tuple[Any, ...], IPBlock] = {}
+        for block in blocks:
+            excepts = tuple(map(_network_key, block.excepts))
+            ordered = tuple(sorted(set(excepts)))
+            if ordered != excepts:
+                block = IPBlock(block.cidr, tuple(sorted(set(block.excepts), key=_network_key)))
+            canonical[(_network_key(block.cidr), ordered)] = block
+        keys = sorted(canonical)
+        digest = hashlib.sha256(repr(keys).encode()).hexdigest()
+        return cls(digest, tuple(canonical[k] for k in keys))
 
     def canonical(self) -> Any:
-        return ["ipBlock", str(self.block.cidr), [str(e) for e in self.block.excepts]]
+        return ["ipBlocks", self.digest]
+
+    def contains(self, ip: IPAddress) -> bool:
+        """O(log n) in the entries, after one O(n log n) expansion on first use."""
+        return int(ip) in self._intervals[ip.version]
+
+    @cached_property
+    def _intervals(self) -> dict[int, IntervalSet]:
+        return {v: IntervalSet(ivs) for v, ivs in block_intervals(self.blocks).items()}
 
     def __str__(self) -> str:
-        return f"ipBlock {self.block.cidr}" + "".join(f" except {e}" for e in self.block.excepts)
+        first = self.blocks[0]
+        text = f"ipBlock {first.cidr}" + "".join(f" except {e}" for e in first.excepts[:10])
+        if len(self.blocks) == 1 and len(first.excepts) <= 10:
+            return text
+        excepts = sum(len(b.excepts) for b in self.blocks)
+        return f"{text[:100]}... ({len(self.blocks):,} ipBlocks, {excepts:,} excepts)"
 
 
 @dataclass(frozen=True)
@@ -70,13 +115,34 @@ class AnyPeer:
 Peer = PodPeer | BlockPeer | AnyPeer
 
 
-def normalize_peer(peer: PolicyPeer, policy_namespace: str) -> Peer:
-    if peer.ip_block is not None:
-        return BlockPeer(peer.ip_block)
-    pod_selector = peer.pod_selector if peer.pod_selector is not None else EVERYTHING
-    if peer.namespace_selector is None:
-        return PodPeer(policy_namespace, None, pod_selector)
-    return PodPeer(None, peer.namespace_selector, pod_selector)
+def describe(peer: Peer) -> str:
+    """The human-readable form of ``peer`` for a group's ``peer`` field, bounded: a selector
+    can be as long as the policy it comes from."""
+    text = str(peer)
+    return text if len(text) <= PEER_TEXT_MAX else text[: PEER_TEXT_MAX - 3] + "..."
+
+
+def normalize_peers(peers: Iterable[PolicyPeer], policy_namespace: str) -> list[Peer]:
+    """The distinct peers of one rule, in a stable order: selector peers, then one
+    ``BlockPeer`` for all its ipBlocks."""
+    out: dict[Peer, None] = {}
+    blocks: list[IPBlock] = []
+    for peer in peers:
+        if peer.ip_block is not None:
+            blocks.append(peer.ip_block)
+            continue
+        pod_selector = peer.pod_selector if peer.pod_selector is not None else EVERYTHING
+        if peer.namespace_selector is None:
+            out[PodPeer(policy_namespace, None, pod_selector)] = None
+        else:
+            out[PodPeer(None, peer.namespace_selector, pod_selector)] = None
+    if blocks:
+        out[BlockPeer.of(blocks)] = None
+    return list(out)
+
+
+def _network_key(net: IPNetwork) -> tuple[int, int, int]:
+    return net.version, int(net.network_address), net.prefixlen
 
 
 def _digest(value: Any) -> str:
@@ -99,32 +165,5 @@ def peer_matches_pod(peer: Peer, pod: Pod, namespace_labels: Mapping[str, str]) 
             peer.pod_selector.matches(pod.labels)
         )
     if isinstance(peer, BlockPeer):
-        return any(peer.block.contains(ip) for ip in pod.addresses)
+        return any(peer.contains(ip) for ip in pod.addresses)
     return True
-
-
-def block_ranges(block: IPBlock) -> tuple[IPRange, ...]:
-    """``cidr`` minus every ``except``, as a minimal sorted list of inclusive intervals."""
-    cls = ipaddress.IPv4Address if block.cidr.version == 4 else ipaddress.IPv6Address
-    ranges: list[tuple[int, int]] = [
-        (int(block.cidr.network_address), int(block.cidr.broadcast_address))
-    ]
-    for ex in block.excepts:
-        lo, hi = int(ex.network_address), int(ex.broadcast_address)
-        out: list[tuple[int, int]] = []
-        for a, b in ranges:
-            if hi < a or lo > b:
-                out.append((a, b))
-                continue
-            if a < lo:
-                out.append((a, lo - 1))
-            if hi < b:
-                out.append((hi + 1, b))
-        ranges = out
-    merged: list[tuple[int, int]] = []
-    for a, b in sorted(ranges):
-        if merged and a <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
-        else:
-            merged.append((a, b))
-    return tuple((cls(a), cls(b)) for a, b in merged)
