@@ -1,7 +1,12 @@
-"""A minimal Prometheus text endpoint (/metrics) and liveness check (/healthz).
+"""A minimal Prometheus text endpoint (/metrics) and health checks (/healthz, /readyz).
 
 Counters and gauges are plain numbers behind a lock; the HTTP server runs in a daemon thread.
 Nothing here depends on a metrics library, so the image stays small.
+
+Health is a list of named checks, each a function returning ``None`` when fine or one line
+saying what is wrong. ``/healthz`` runs the liveness checks, ``/readyz`` the liveness and the
+readiness checks; a failing endpoint answers 503 with one ``name: problem`` line per failing
+check, so ``curl`` (or the probe's event) says why.
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+Check = Callable[[], str | None]  # None: fine; else one line saying what is wrong
+
 
 class Metrics:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self._lock = threading.Lock()
         self._values: dict[str, tuple[str, str, float]] = {}  # name -> (type, help, value)
-        self.healthy: Callable[[], bool] = lambda: True
+        self._checks: list[tuple[str, bool, Check]] = []  # (name, liveness?, check)
 
     def describe(self, name: str, kind: str, help_text: str) -> None:
         with self._lock:
@@ -31,6 +38,25 @@ class Metrics:
         with self._lock:
             kind, text, _ = self._values.get(name, ("gauge", "", 0.0))
             self._values[name] = (kind, text, value)
+
+    def add_check(self, name: str, check: Check, liveness: bool = True) -> None:
+        """Register a health check: liveness checks fail /healthz and /readyz, readiness-only
+        checks (``liveness=False``) fail /readyz alone."""
+        self._checks.append((name, liveness, check))
+
+    def problems(self, readiness: bool) -> list[str]:
+        """``name: problem`` for every failing check (liveness, plus readiness if asked)."""
+        out = []
+        for name, liveness, check in self._checks:
+            if not liveness and not readiness:
+                continue
+            try:
+                problem = check()
+            except Exception as e:  # noqa: BLE001 - a broken check is a failing check
+                problem = f"check raised {type(e).__name__}: {e}"
+            if problem:
+                out.append(f"{name}: {problem}")
+        return out
 
     def render(self) -> str:
         lines = []
@@ -50,9 +76,10 @@ class Metrics:
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 if self.path == "/metrics":
                     status, body = 200, metrics.render()
-                elif self.path == "/healthz":
-                    ok = metrics.healthy()
-                    status, body = (200, "ok\n") if ok else (503, "unhealthy\n")
+                elif self.path in ("/healthz", "/readyz"):
+                    problems = metrics.problems(readiness=self.path == "/readyz")
+                    status = 503 if problems else 200
+                    body = "".join(f"{p}\n" for p in problems) if problems else "ok\n"
                 else:
                     status, body = 404, "not found\n"
                 data = body.encode()

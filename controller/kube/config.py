@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
+import urllib3
 from kubernetes import client, config
+
+# One attempt per call. urllib3 otherwise retries a GET that timed out three more times (and
+# any request whose connection timed out), so a call could block four times its timeout
+# (controller/kube/timeouts.py): a list over a connection that stopped forwarding took
+# 4 x 30 s. Every caller retries by itself, with backoff, and says so.
+ONE_ATTEMPT = urllib3.util.Retry(total=0, redirect=False, raise_on_redirect=False)
 
 
 def api_client(kubeconfig: str | None) -> client.ApiClient:
@@ -16,4 +23,6 @@ def api_client(kubeconfig: str | None) -> client.ApiClient:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.retries = ONE_ATTEMPT
+    return client.ApiClient(configuration)

@@ -6,6 +6,13 @@ it resumes from the last version seen, and when the API server says that version
 not lost. When the API server cannot be reached it retries with capped exponential backoff,
 logging once per outage rather than once per attempt, and lists again once it is back (which
 is also when it logs that it is).
+
+Every request has a client-side timeout (``controller/kube/timeouts.py``): a list gives up
+after ``REQUEST``; a watch asks the server to end it after ``WATCH_SERVER`` seconds and gives
+up after ``WATCH_READ`` seconds without a byte, so a connection that silently stops forwarding
+(a dead proxy, a half-open TCP session) ends in a timeout, counted as an outage, instead of
+leaving the informer waiting forever on a stream that will never say anything again.
+``health()`` says when nothing has come from the API server for too long.
 """
 
 from __future__ import annotations
@@ -14,10 +21,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import MaxRetryError
+
+from controller.kube import timeouts
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +37,15 @@ ListFn = Callable[..., Any]
 
 BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
-WATCH_TIMEOUT = 240  # seconds the server keeps a watch open before we renew it
+
+
+@dataclass(frozen=True)
+class WatchTimeouts:
+    """Client-side timeouts of one informer (tests shorten them)."""
+
+    request: tuple[float, float] = timeouts.REQUEST  # a list: (connect, read)
+    watch_server: int = timeouts.WATCH_SERVER  # the server ends each watch after this
+    watch_read: float = timeouts.WATCH_READ  # a watch silent this long is given up
 
 
 class Informer:
@@ -38,6 +57,8 @@ class Informer:
         list_fn: ListFn,
         on_sync: Callable[[dict[str, Obj]], None],
         on_event: Callable[[str, Obj], None],
+        *,
+        limits: WatchTimeouts = WatchTimeouts(),
         **list_kwargs: Any,
     ) -> None:
         self.name = name
@@ -45,9 +66,15 @@ class Informer:
         self._kwargs = list_kwargs
         self._on_sync = on_sync
         self._on_event = on_event
+        self.limits = limits
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
         self.synced = threading.Event()
+        # When the API server last answered us (a list, a watch opened, an event, a watch
+        # ended by the server), and why the last attempt failed if it did. Starting the
+        # clock at creation makes a first list that never answers count as silence too.
+        self._answered_at = time.monotonic()
+        self._error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"informer-{name}", daemon=True)
 
     def start(self) -> Informer:
@@ -60,6 +87,25 @@ class Informer:
             self._watch.stop()
         self._thread.join(timeout=5)
 
+    def health(self, stale_after: float) -> str | None:
+        """One line when the API server has not answered for more than ``stale_after``
+        seconds (the local copy may then be missing any number of changes), else None.
+
+        A healthy informer hears from the server at least every ``watch_server`` seconds
+        (the server ends each watch then and the next one opens), and a stuck one gives up
+        its watch after ``watch_read`` seconds and lists again, so ``stale_after`` should
+        exceed ``watch_read`` by the time a list may take."""
+        silent = time.monotonic() - self._answered_at
+        if silent <= stale_after:
+            return None
+        what = "listed or watched anything" if self.synced.is_set() else "listed anything yet"
+        why = f" (last error: {self._error})" if self._error else ""
+        return f"{self.name}: not {what} for {silent:.0f} s{why}"
+
+    def _answered(self) -> None:
+        self._answered_at = time.monotonic()
+        self._error = None
+
     def _run(self) -> None:
         backoff = BACKOFF_START
         outage_since: float | None = None
@@ -70,7 +116,7 @@ class Informer:
                     version = self._relist()
                     if outage_since is not None:
                         # Said here, when the first request after the outage succeeded: the
-                        # watch that follows only returns when it ends, minutes later.
+                        # watch that follows only returns when it ends, a minute later.
                         log.warning(
                             "%s: API server reachable again after %.1f s",
                             self.name,
@@ -84,6 +130,7 @@ class Informer:
                     log.info("%s: watch version expired, listing again", self.name)
                     version = None
                     continue
+                self._error = f"API error {e.status}: {e.reason}"
                 if e.status in (401, 403):
                     # not an outage: say what to fix, every time (it will not heal by itself)
                     log.error(
@@ -95,10 +142,12 @@ class Informer:
                         self.name,
                     )
                 else:
-                    outage_since = self._outage(outage_since, f"API error {e.status}: {e.reason}")
+                    outage_since = self._outage(outage_since, self._error)
                 version = None  # list again once back (a restarted server may not have it)
-            except Exception as e:  # connection refused/reset, timeouts: the API is away
-                outage_since = self._outage(outage_since, f"{type(e).__name__}: {e}")
+            except Exception as e:  # refused, reset, timed out (a silent watch): the API is away
+                cause = e.reason if isinstance(e, MaxRetryError) and e.reason else e
+                self._error = f"{type(cause).__name__}: {cause}"
+                outage_since = self._outage(outage_since, self._error)
                 version = None
             if self._stop.wait(backoff):
                 return
@@ -116,22 +165,33 @@ class Informer:
         return since
 
     def _relist(self) -> str:
-        result = self._list(**self._kwargs)
+        result = self._list(_request_timeout=self.limits.request, **self._kwargs)
+        self._answered()
         items, version = _items_and_version(result)
         self._on_sync({_name(o): o for o in items})
         self.synced.set()
         return version
 
+    def _open_watch(self, **kwargs: Any) -> Any:
+        """The list call in watch mode, noting that the server answered (the response
+        headers arrived) before the first event, which may be a minute away."""
+        response = self._list(**kwargs)
+        self._answered()
+        return response
+
     def _watch_from(self, version: str) -> str:
         self._watch = watch.Watch()
         try:
             for event in self._watch.stream(
-                self._list,
+                self._open_watch,
                 resource_version=version,
-                timeout_seconds=WATCH_TIMEOUT,
+                timeout_seconds=self.limits.watch_server,
+                # No read timeout would wait forever on a connection that stopped forwarding.
+                _request_timeout=(self.limits.request[0], self.limits.watch_read),
                 allow_watch_bookmarks=True,
                 **self._kwargs,
             ):
+                self._answered()
                 kind, obj = event["type"], event["object"]
                 if not isinstance(obj, Mapping):
                     obj = _to_dict(obj)
@@ -145,6 +205,8 @@ class Informer:
                     self._on_event(kind, obj)
                 if self._stop.is_set():
                     break
+            else:
+                self._answered()  # the server ended the watch (timeout_seconds): it is there
         finally:
             self._watch = None
         return version

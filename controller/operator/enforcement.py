@@ -8,6 +8,7 @@ a generation at least as new as the one written for it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 
@@ -29,11 +30,15 @@ class EnforcementTracker:
         self.pending.pop(policy, None)
 
     def published(
-        self, spans: Mapping[str, frozenset[str]], generations: Mapping[str, int]
+        self,
+        spans: Mapping[str, frozenset[str]],
+        generations: Mapping[str, int],
+        unfinished: AbstractSet[str] = frozenset(),
     ) -> None:
-        """Everything pending is now written: ``spans`` maps policy -> nodes mentioning it."""
+        """Everything is written except what concerns the ``unfinished`` policies (a write
+        that keeps failing): ``spans`` maps policy -> nodes whose rules mention it."""
         for policy, entry in self.pending.items():
-            if entry.required is None:
+            if entry.required is None and policy not in unfinished:
                 nodes = spans.get(policy, frozenset())
                 entry.required = {n: generations[n] for n in nodes if n in generations}
 

@@ -1,29 +1,62 @@
-"""The operator's state and its publish step, independent of kopf.
+"""The operator's state, independent of kopf: compile what the watches say, publish it.
 
-kopf delivers watch events (``feed``/``forget``) on its event loop; ``publish`` runs there too
-for the compile step and hands the API writes to a thread. Only the lease holder writes. A new
-leader first lists what is published and writes only differences, so restarts and failovers
-do not flap anything.
+Every method here runs on one thread, the compile worker (``run.py`` hands each watch event,
+publish cycle and reconcile step to a single-thread executor): compiler and publish state need
+no locks, kopf's event loop never waits for a compile, and each object's events keep their
+order. API writes run in a thread pool; their outcomes come back through ``outcomes`` and are
+applied by the next ``cycle``.
+
+Feeding is monotonic: every object's resourceVersion is remembered (and a tombstone for each
+deletion), so an event older than what is held is ignored, and a reconcile listing can forget
+exactly the objects it proves gone, as a DELETED event would have (kopf re-lists after a 410
+or a broken connection without reporting what vanished meanwhile).
+
+Only the lease holder writes. A new leader lists what is published and writes only the
+differences, so restarts and failovers do not flap anything; afterwards the published cache
+follows the answers to our writes and the events of our own resources, so objects deleted or
+edited by hand are re-planned within a publish cycle.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
-from controller.compiler import Compiler
+from controller.compiler import Changes, Compiler
 from controller.metrics import Metrics
-from controller.model import ApiObject, NetworkPolicy, ParseError, parse_object
+from controller.model import ApiObject, NetworkPolicy, ParseError, Pod, parse_object
 from controller.model.config import DefaultDeny
 from controller.operator.enforcement import EnforcementTracker
 from controller.publish.desired import DesiredState
-from controller.publish.plan import Key, Write, plan
-from controller.resources import NODE_RULES
+from controller.publish.plan import Body, Key, Write
+from controller.publish.queue import BACKOFF_CAP, Outcome, WriteQueue
+from controller.publish.versions import Versions, not_after
+from controller.resources import (
+    ADDRESS_GROUPS,
+    API_VERSION,
+    MANAGED_BY,
+    NODE_RULES,
+    node_rules_from_body,
+)
 
 log = logging.getLogger(__name__)
+
+CR_KINDS = {ADDRESS_GROUPS: "AddressGroup", NODE_RULES: "NodeRules"}
+FAILURE_KINDS = (
+    "too_large",
+    "invalid",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "throttled",
+    "server",
+    "unreachable",
+    "other",
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +66,31 @@ class OperatorConfig:
     lease_name: str = "nftpolicy-operator"
     identity: str = "nftpolicy"
     publish_interval: float = 0.05
-    max_writes_per_cycle: int = 500  # rate limit: the rest goes in the next cycle
+    write_concurrency: int = 8  # custom-resource writes in flight at once
+    reconcile_period: float = 300.0  # full re-list of everything watched (a backstop)
+    stuck_after: float = 60.0  # liveness: no publish cycle completed for this long
+    write_grace: float = 60.0  # readiness: one object's writes failing for this long
+    reconcile_grace: float = 600.0  # liveness: reconcile listings failing for this long
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A Kubernetes Event to post (by ``run.py``, from a kopf context)."""
+
+    ref: Mapping[str, Any]  # apiVersion, kind, metadata.name/namespace/uid of the object
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class FailingWrite:
+    """The longest failure streak, as health checks read it from another thread."""
+
+    write: str
+    since: float
+    attempts: int
+    failure: str
 
 
 class Engine:
@@ -42,11 +99,17 @@ class Engine:
         self.compiler = Compiler(config.default_deny)
         self.desired = DesiredState(self.compiler)
         self.enforcement = EnforcementTracker()
-        self.published: dict[Key, Mapping[str, Any]] | None = None
-        self.generations: dict[str, int] = {}  # node -> NodeRules generation we wrote
-        self.pending: dict[Key, Mapping[str, Any] | None] = {}
+        self.versions = Versions()
+        self.queue: WriteQueue | None = None  # while leading
+        self.term = 0  # leadership terms: outcomes of writes from an older one are dropped
+        self.outcomes: queue.SimpleQueue[tuple[int, Write, Outcome]] = queue.SimpleQueue()
+        self.notices: list[Notice] = []
+        self.failing: FailingWrite | None = None
         self.expected: set[tuple[str, str]] | None = None  # initial listing still to arrive
         self.policy_refs: dict[str, dict[str, Any]] = {}  # for Events
+        self._recheck: set[Key] = set()  # published objects changed by someone else
+        self._warned: dict[tuple[str, str, str], tuple[str, ...]] = {}  # (kind, key, reason)
+        self._unsettled = True  # something changed since enforcement was last brought up to date
         self.metrics = Metrics("nftpolicy_operator")
         for name, kind, text in (
             ("leader", "gauge", "1 while this replica holds the lease and publishes"),
@@ -54,7 +117,16 @@ class Engine:
             ("pending_writes", "gauge", "custom-resource writes planned but not done yet"),
             ("writes_total", "counter", "AddressGroup/NodeRules creates, patches and deletes"),
             ("write_bytes_total", "counter", "bytes of custom-resource writes sent"),
-            ("write_failures_total", "counter", "publish cycles that stopped at a failed write"),
+            ("write_failures_total", "counter", "failed custom-resource writes (each attempt)"),
+            ("repairs_total", "counter", "our objects found deleted or changed by someone else"),
+            ("ip_conflicts_total", "counter", "pod IPs reported by several live pods (newest wins)"),
+            (
+                "object_warnings_total",
+                "counter",
+                "objects accepted with a problem: setting ignored, policy over a limit",
+            ),
+            ("reconciles_total", "counter", "full re-lists compared with what was compiled"),
+            ("reconcile_corrections_total", "counter", "objects a re-list fed or forgot"),
             (
                 "invalid_policies_total",
                 "counter",
@@ -62,30 +134,80 @@ class Engine:
             ),
         ):
             self.metrics.describe(name, kind, text)
+        for kind in FAILURE_KINDS:
+            self.metrics.describe(
+                f"write_failures_{kind}_total", "counter", f"failed writes: {kind}"
+            )
 
-    # ---- feeding (kopf event loop) ---------------------------------------------------------
+    # ---- feeding -----------------------------------------------------------------------------
 
-    def feed(self, kind: str, body: Mapping[str, Any]) -> ParseError | None:
-        """An ADDED/MODIFIED (or initial listing) event; returns the error if unparseable."""
+    def event(self, kind: str, type: str | None, body: Mapping[str, Any]) -> bool:
+        """A watch event (``type`` None: kopf's listing). Returns whether it shows that kopf
+        listed again after the initial sync (so objects may have vanished unreported)."""
+        relisted = type is None and self.synced
         key = _key(kind, body)
         self._seen(kind, key)
+        version = _version(body)
+        if type == "DELETED":
+            if self.versions.delete(kind, key, version):
+                self.forget(kind, key)
+        elif self.versions.admit(kind, key, version):
+            self.feed(kind, body)
+        return relisted
+
+    def feed(self, kind: str, body: Mapping[str, Any]) -> ParseError | None:
+        """Compile an object's new state; returns the error if unparseable."""
+        key = _key(kind, body)
         try:
             obj: ApiObject = parse_object({"kind": kind, **body})
         except ParseError as e:
             if kind == "NetworkPolicy":
                 # Keep enforcing the last good version rather than silently dropping it.
                 log.error("cannot compile %s: %s", key, e)
+                self.metrics.inc("invalid_policies_total")
+                self.warn(kind, body, "InvalidPolicy", f"not enforced: {e}")
             return e
         self.compiler.upsert(obj)
+        self._report_warnings(kind, key, body, "IgnoredSetting", getattr(obj, "warnings", ()))
         if isinstance(obj, NetworkPolicy):
             self.enforcement.changed(obj.key, time.monotonic())
             self.policy_refs[obj.key] = _ref(body, kind)
+            self._unsettled = True
+            problem = self.compiler.policy_problems().get(obj.key)
+            self._report_warnings(kind, key, body, "PolicyTooLarge", (problem,) if problem else ())
+        if isinstance(obj, Pod):
+            for conflict in self.compiler.take_ip_conflicts():
+                self.metrics.inc("ip_conflicts_total")
+                log.warning("duplicate pod IP: %s; the others lose it", conflict)
         return None
 
-    def forget(self, kind: str, body: Mapping[str, Any]) -> None:
-        """A DELETED event."""
-        key = _key(kind, body)
-        self._seen(kind, key)
+    def _report_warnings(
+        self, kind: str, key: str, body: Mapping[str, Any], reason: str, warnings: tuple[str, ...]
+    ) -> None:
+        """Log, count and post (once per distinct set) what an object was accepted with
+        despite a problem: a bad annotation that was ignored, a policy over a limit that is
+        enforced fail-closed. The object itself is never dropped for it."""
+        slot = (kind, key, reason)
+        if self._warned.get(slot, ()) == warnings:
+            return
+        if warnings:
+            self._warned[slot] = warnings
+        else:
+            self._warned.pop(slot, None)
+        for text in warnings:
+            log.warning("%s %s: %s", kind, key, text)
+            self.metrics.inc("object_warnings_total")
+            self.warn(kind, body, reason, text)
+
+    def warn(self, kind: str, body: Mapping[str, Any], reason: str, message: str) -> None:
+        """Queue a Warning Event about a watched object: the one place problems found while
+        feeding (an invalid policy, a bad annotation, a policy over a limit) are reported."""
+        self.notices.append(Notice(_ref(body, kind), "Warning", reason, message))
+
+    def forget(self, kind: str, key: str) -> None:
+        """The object is gone (a DELETED event, or absent from a complete listing)."""
+        for reason in ("IgnoredSetting", "PolicyTooLarge"):
+            self._warned.pop((kind, key, reason), None)
         if kind == "Pod":
             self.compiler.delete_pod(key)
         elif kind == "NetworkPolicy":
@@ -97,7 +219,30 @@ class Engine:
         elif kind == "Node":
             self.compiler.delete_node(key)
 
-    def expect(self, keys: set[tuple[str, str]]) -> None:
+    def observed(self, plural: str, type: str | None, body: Mapping[str, Any]) -> bool:
+        """A watch event of our own AddressGroups/NodeRules: agents' status reports, and
+        objects deleted or edited by someone else. Returns what ``event`` does."""
+        relisted = type is None and self.synced
+        name = str(body.get("metadata", {}).get("name"))
+        self._seen(CR_KINDS[plural], name)
+        gone = type == "DELETED"
+        if plural == NODE_RULES and not gone:
+            applied = (body.get("status") or {}).get("appliedGeneration")
+            if applied is not None:
+                self.enforcement.reported(name, int(applied))
+                self._enforced(time.monotonic())
+        key = (plural, name)
+        q = self.queue
+        if q is None or (not gone and not _managed(body) and key not in q.published):
+            return relisted
+        if q.observe(key, None if gone else body, _version(body)) and key not in q.in_flight:
+            self.metrics.inc("repairs_total")
+            how = "deleted" if gone else "changed"
+            log.info("%s/%s was %s by someone else; re-planning it", *key, how)
+            self._recheck_key(key)
+        return relisted
+
+    def expect(self, keys: Set[tuple[str, str]]) -> None:
         """The complete initial listing (from kopf's pre-populated indexes)."""
         if self.expected is None:
             self.expected = set(keys)
@@ -110,79 +255,230 @@ class Engine:
     def synced(self) -> bool:
         return self.expected is not None and not self.expected
 
-    # ---- publishing --------------------------------------------------------------------------
+    # ---- reconcile ---------------------------------------------------------------------------
 
-    def prepare(self) -> list[Write]:
-        """Compile what changed into desired bodies and plan writes (kopf event loop)."""
-        assert self.published is not None
-        changes = self.compiler.take_changes()
-        if changes:
-            self.pending.update(self.desired.bodies(changes))
-        if not self.pending:
-            # everything written (also: a policy that selects no pod writes nothing)
-            self.enforcement.published(self._policy_spans(), self.generations)
-            return []
-        writes = plan(self.pending, self.published)
-        needed = {(w.plural, w.name) for w in writes}
-        self.pending = {k: v for k, v in self.pending.items() if k in needed}
-        if not writes:
-            self.enforcement.published(self._policy_spans(), self.generations)
-        return writes[: self.config.max_writes_per_cycle]
+    def relisted(self, kind: str, items: list[dict[str, Any]], listed: set[str]) -> int:
+        """A page of a reconcile listing: feed what is newer than what is held, and add the
+        keys to ``listed``. Returns how many were fed."""
+        fed = 0
+        for body in items:
+            key = _key(kind, body)
+            listed.add(key)
+            if self.versions.admit(kind, key, _version(body)):
+                self.feed(kind, body)
+                fed += 1
+        return fed
 
-    def start_leading(self, published: dict[Key, Mapping[str, Any]]) -> None:
+    def relist_done(self, kind: str, listed: Set[str], version: str) -> int:
+        """A complete listing at ``version`` named ``listed``: forget what it proves gone."""
+        self.versions.prune(kind, version)
+        gone = self.versions.absent(kind, listed, version)
+        for key in gone:
+            self.versions.delete(kind, key, version)
+            self.forget(kind, key)
+        return len(gone)
+
+    def published_relisted(self, listed: Mapping[Key, Body], versions: Mapping[str, str]) -> int:
+        """A complete listing of our own objects: correct the published cache."""
+        q = self.queue
+        if q is None:
+            return 0
+        corrected = [k for k, body in listed.items() if q.observe(k, body)]
+        for key, body in list(q.published.items()):
+            version = body.get("metadata", {}).get("resourceVersion")
+            if key not in listed and not_after(version, versions.get(key[0], "")):
+                q.forget(key)
+                corrected.append(key)
+        for key in corrected:
+            self._recheck_key(key)
+        return len(corrected)
+
+    # ---- publishing ------------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self.queue is not None
+
+    def start_leading(self, published: Mapping[Key, Body]) -> None:
         """We just became leader: plan everything against what is really published."""
-        self.published = published
-        self.generations = {
-            name: int(body["metadata"].get("generation", 0))
-            for (plural, name), body in published.items()
-            if plural == NODE_RULES
-        }
+        self.term += 1
+        self.queue = WriteQueue(published, _references)
         self.compiler.take_changes()
-        self.pending = dict(self.desired.everything())
-        # objects of ours that nothing wants any more
+        self._want(self.desired.everything())
         for key in published:
-            self.pending.setdefault(key, None)
+            if key not in self.queue.pending:
+                self.queue.want(key, None)  # ours, and nothing wants it any more
+        self._recheck.clear()
+        self._unsettled = True
+        log.info("leading: %d objects published, planning the differences", len(published))
 
     def stop_leading(self) -> None:
-        self.published = None
-        self.pending.clear()
+        self.term += 1
+        self.queue = None
+        self.failing = None
+        self._recheck.clear()
+        self.metrics.set("pending_writes", 0)
 
-    def written(self, done: list[tuple[Write, Mapping[str, Any] | None]], sent: int) -> None:
-        """Record successful writes (with the API's answer) in the published cache."""
-        assert self.published is not None
-        self.metrics.inc("writes_total", len(done))
-        self.metrics.inc("write_bytes_total", sent)
-        for write, answer in done:
-            key = (write.plural, write.name)
-            self.pending.pop(key, None)
-            if write.verb == "delete":
-                self.published.pop(key, None)
-                if write.plural == NODE_RULES:
-                    self.generations.pop(write.name, None)
+    def cycle(self, now: float) -> tuple[list[Write], list[Notice]]:
+        """One publish step: apply write outcomes, compile what changed, and return the
+        writes to send now (they count as in flight) and the Events to post."""
+        q = self.queue
+        writes: list[Write] = []
+        if q is not None:
+            self._apply_outcomes(q, now)
+            changes = self.compiler.take_changes()
+            if changes:
+                self._unsettled = True
+                self._want(self.desired.bodies(changes))
+            if self._recheck:
+                keys = [k for k in self._recheck if k not in q.pending]
+                self._recheck.clear()
+                groups = frozenset(n for p, n in keys if p == ADDRESS_GROUPS)
+                nodes = frozenset(n for p, n in keys if p == NODE_RULES)
+                self._want(self.desired.bodies(Changes(groups, nodes)))
+            writes = q.ready(now, self.config.write_concurrency)
+            if not writes and not q.in_flight and self._unsettled:
+                self._settled(q)
+            streak = q.oldest_streak()
+            self.failing = (
+                None
+                if streak is None
+                else FailingWrite(streak.write, streak.since, streak.attempts, str(streak.failure))
+            )
+            self.metrics.set("pending_writes", len(q.pending))
+        if self.enforcement.pending:
+            self._enforced(now)
+        notices, self.notices = self.notices, []
+        return writes, notices
+
+    def _want(self, bodies: Mapping[Key, Body | None]) -> None:
+        assert self.queue is not None
+        for key, body in bodies.items():
+            refs = self.desired.groups_of(key[1]) if key[0] == NODE_RULES else frozenset()
+            self.queue.want(key, body, refs)
+
+    def _recheck_key(self, key: Key) -> None:
+        assert self.queue is not None
+        if key not in self.queue.pending:
+            self._recheck.add(key)
+
+    def _apply_outcomes(self, q: WriteQueue, now: float) -> None:
+        while True:
+            try:
+                term, write, outcome = self.outcomes.get_nowait()
+            except queue.Empty:
+                return
+            if term == self.term:
+                self._unsettled = True
+                self._outcome(q, write, outcome, now)
+
+    def _outcome(self, q: WriteQueue, write: Write, outcome: Outcome, now: float) -> None:
+        failure = outcome.failure
+        if failure is None:
+            self.metrics.inc("writes_total")
+            self.metrics.inc("write_bytes_total", outcome.sent)
+        else:
+            self.metrics.inc("write_failures_total")
+            self.metrics.inc(f"write_failures_{failure.kind}_total")
+        streak = q.finished(write, outcome, now)
+        if failure is None:
+            if streak is not None:
+                log.warning(
+                    "%s succeeded after %d failed attempt(s) in %.0f s",
+                    write,
+                    streak.attempts,
+                    now - streak.since,
+                )
+        elif streak is None:  # our cache was wrong (404 on replace, 409 on create)
+            log.info("%s: %s; planning it again against what is there", write, failure)
+        elif streak.attempts == 1:
+            log.warning(
+                "%s failed: %s; retrying this object alone, backing off up to %.0f s",
+                write,
+                failure,
+                BACKOFF_CAP,
+            )
+            self._report_failure(q, write, str(failure))
+        else:
+            log.debug("%s failed again (attempt %d): %s", write, streak.attempts, failure)
+
+    def _report_failure(self, q: WriteQueue, write: Write, failure: str) -> None:
+        """A Warning Event where someone will look: on the NodeRules object itself, or on the
+        policies whose rules use a group."""
+        message = f"{write} failed: {failure}; retrying with backoff"
+        if write.plural == NODE_RULES:
+            meta = dict((q.published.get(write.key) or {}).get("metadata") or {})
+            own = {
+                "apiVersion": API_VERSION,
+                "kind": "NodeRules",
+                "metadata": {"name": write.name, "uid": meta.get("uid")},
+            }
+            self.notices.append(Notice(own, "Warning", "PublishFailed", message))
+            return
+        for policy in self.compiler.policies_using(write.name):
+            ref = self.policy_refs.get(policy)
+            if ref is not None:
+                self.notices.append(Notice(ref, "Warning", "PublishFailed", message))
+
+    def _settled(self, q: WriteQueue) -> None:
+        """Everything that can be written is: record the published generation of every
+        policy change, except those a write that cannot go out yet still concerns."""
+        self._unsettled = False
+        stuck: set[str] = set()
+        for plural, name in q.pending:
+            if plural == ADDRESS_GROUPS:
+                stuck.update(self.compiler.policies_using(name))
                 continue
-            assert answer is not None
-            self.published[key] = answer
-            if write.plural == NODE_RULES:
-                self.generations[write.name] = int(answer["metadata"].get("generation", 0))
-        # Not "published" here even if nothing is pending: a policy event fed while these
-        # writes were in flight has its changes still in the compiler, and would be counted as
-        # enforced on the nodes that mention it so far (often none). The next prepare() takes
-        # the compiler's changes first and records it when nothing is left to write.
+            for body in (q.pending[(plural, name)], q.published.get((plural, name))):
+                for entry in (body or {}).get("spec", {}).get("policies", ()):
+                    stuck.add(entry["key"])
+        spans = self._policy_spans(q, stuck)
+        nodes: set[str] = set().union(*spans.values())
+        generations = {n: g for n in nodes if (g := q.generation(n)) is not None}
+        self.enforcement.published(spans, generations, stuck)
 
-    def _policy_spans(self) -> dict[str, frozenset[str]]:
-        spans: dict[str, set[str]] = {}
-        for policy, entry in self.enforcement.pending.items():
-            if entry.required is None:  # the others are published already
-                spans[policy] = set()
-        if not spans or self.published is None:
+    def _policy_spans(self, q: WriteQueue, stuck: Set[str]) -> dict[str, frozenset[str]]:
+        spans: dict[str, set[str]] = {
+            policy: set()
+            for policy, entry in self.enforcement.pending.items()
+            if entry.required is None and policy not in stuck
+        }
+        if not spans:
             return {}
-        for (plural, name), body in self.published.items():
+        for (plural, name), body in q.published.items():
             if plural != NODE_RULES:
                 continue
             for entry in body.get("spec", {}).get("policies", ()):
                 if entry["key"] in spans:
                     spans[entry["key"]].add(name)
         return {k: frozenset(v) for k, v in spans.items()}
+
+    def _enforced(self, now: float) -> None:
+        """An Enforced Event for every policy change now applied on all the nodes it spans."""
+        for policy, nodes, seconds in self.enforcement.done(now):
+            ref = self.policy_refs.get(policy)
+            if ref is not None:
+                message = f"enforced on {nodes} node(s) {seconds * 1000:.0f} ms after the change"
+                self.notices.append(Notice(ref, "Normal", "Enforced", message))
+
+    # ---- health (read from the metrics server's thread) --------------------------------------
+
+    def write_problem(self, now: float) -> str | None:
+        failing = self.failing
+        if failing is None or now - failing.since <= self.config.write_grace:
+            return None
+        return (
+            f"{failing.write} failing for {now - failing.since:.0f} s "
+            f"({failing.attempts} attempts): {failing.failure}"
+        )
+
+    def sync_problem(self) -> str | None:
+        expected = self.expected
+        if expected is None:
+            return "initial listing not received yet"
+        if expected:
+            return f"initial listing not compiled yet ({len(expected)} objects to go)"
+        return None
 
 
 def _key(kind: str, body: Mapping[str, Any]) -> str:
@@ -192,10 +488,24 @@ def _key(kind: str, body: Mapping[str, Any]) -> str:
     return str(meta.get("name"))
 
 
+def _version(body: Mapping[str, Any]) -> str:
+    return str(body.get("metadata", {}).get("resourceVersion", ""))
+
+
+def _managed(body: Mapping[str, Any]) -> bool:
+    labels = body.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in MANAGED_BY.items())
+
+
+def _references(body: Body) -> frozenset[str]:
+    return node_rules_from_body(body).groups()
+
+
 def _ref(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
     meta = body.get("metadata", {})
+    api = "v1" if kind in ("Pod", "Namespace", "Node") else "networking.k8s.io/v1"
     return {
-        "apiVersion": "networking.k8s.io/v1",
+        "apiVersion": api,
         "kind": kind,
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")},
     }

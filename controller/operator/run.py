@@ -1,10 +1,22 @@
-"""kopf wiring: watch handlers feed the engine; background tasks publish and hold the lease.
+"""kopf wiring: watch handlers feed the engine; background tasks publish, reconcile and hold
+the lease.
 
 Watches use ``@kopf.on.event`` only (no finalizers, no annotations written on users' objects).
 Each kind also has a key-only ``@kopf.index``: kopf fills every index from the initial listing
 before it calls any resource handler, so the first handler call can record the complete set
 of objects the engine must have seen before its first publish (no partial view is published
-after a restart).
+after a restart). Our own AddressGroups and NodeRules are watched too: agents report status
+there, and objects deleted or edited by someone else are re-planned.
+
+Threads: kopf's event loop only routes. Every engine call runs on one compile worker thread
+(``Runtime.compile``), API writes in a bounded pool, listings and lease calls in their own
+threads, each with a client-side timeout.
+
+Nothing lost on re-list: kopf lists again after a 410 or a broken watch and delivers what it
+finds as listing events (type None), without reporting what vanished meanwhile. A listing event
+after the initial sync therefore triggers, once the listing has quietened, a reconcile: every
+kind is listed through the API and the engine forgets what the listing proves gone. The same
+reconcile runs every ``reconcile_period`` seconds as a backstop.
 """
 
 from __future__ import annotations
@@ -13,15 +25,19 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import kopf
 from kubernetes import client
 
+from controller.kube import timeouts
 from controller.kube.lease import LeaseElector
-from controller.kube.publisher import execute, list_published
-from controller.operator.engine import Engine, OperatorConfig
+from controller.kube.publisher import list_functions, list_pages, list_published, perform
+from controller.operator.engine import CR_KINDS, Engine, Notice, OperatorConfig
+from controller.publish.plan import Write
 from controller.resources import GROUP, VERSION
 
 log = logging.getLogger(__name__)
@@ -33,34 +49,125 @@ RESOURCES = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 LEASE_RENEW = 2.0
+RELIST_QUIET = 1.0  # reconcile this long after kopf's last listing event
+RECONCILE_RETRY = 30.0  # a failed reconcile is tried again after this (or the period)
+CYCLE_SPACING = 0.01  # publish cycles woken by finished writes are at least this far apart
+
+T = TypeVar("T")
 
 
-def build_registry(
-    engine: Engine, api: client.ApiClient, elector: LeaseElector
-) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
-    custom = client.CustomObjectsApi(api)
-    index_names = {kind: f"nftpolicy_{kind.lower()}_keys" for kind in RESOURCES}
-    background: list[asyncio.Task[None]] = []
+class Relist:
+    """Debounces "kopf listed again" signals: waits until listing events stop for a while."""
+
+    def __init__(self, quiet: float = RELIST_QUIET) -> None:
+        self.quiet = quiet
+        self._event = asyncio.Event()
+        self._last = 0.0
+
+    def poke(self) -> None:
+        self._last = time.monotonic()
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True once poked and quiet again; False after ``timeout`` without a poke."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        while (left := self._last + self.quiet - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+        self._event.clear()
+        return True
+
+
+@dataclass
+class Runtime:
+    """What the handlers and background tasks share."""
+
+    engine: Engine
+    api: client.ApiClient
+    elector: LeaseElector
+    worker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="compile")
+    )
+    lister: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="list")
+    )
+    leaser: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="lease")
+    )
+    writers: ThreadPoolExecutor = field(init=False)
     # kopf posts Events only from a context its handlers run in (its event queue is a context
     # variable of the per-object tasks); the first handler call lends one to the publish loop.
-    handler_context: list[contextvars.Context] = []
+    handler_context: list[contextvars.Context] = field(default_factory=list)
+    relist: Relist = field(default_factory=Relist)
+    initial_taken: bool = False
+    last_cycle: float = field(default_factory=time.monotonic)
+    reconcile_failing_since: float | None = None
+    reconcile_error: str = ""
+
+    def __post_init__(self) -> None:
+        self.writers = ThreadPoolExecutor(
+            self.engine.config.write_concurrency, thread_name_prefix="write"
+        )
+
+    async def compile(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the compile worker (the only thread that touches the engine)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    def initial_keys(self, kwargs: Mapping[str, Any]) -> set[tuple[str, str]] | None:
+        """On the first handler call only: every key of kopf's initial listing."""
+        if self.initial_taken:
+            return None
+        self.initial_taken = True
+        keys: set[tuple[str, str]] = set()
+        for name in _index_names():
+            keys.update(kwargs[name])
+        return keys
+
+    # ---- health checks (metrics server thread) -------------------------------------------------
+
+    def cycle_problem(self) -> str | None:
+        """The publish loop and the compile worker keep going (a cycle is a round trip to
+        the worker, so a compile that never ends shows here). The initial listing may
+        legitimately keep the worker busy for a long time: it gets ten times longer."""
+        silent = time.monotonic() - self.last_cycle
+        limit = self.engine.config.stuck_after * (1 if self.engine.synced else 10)
+        if silent <= limit:
+            return None
+        return f"no publish cycle completed for {silent:.0f} s (compile worker busy or stuck)"
+
+    def reconcile_problem(self) -> str | None:
+        since = self.reconcile_failing_since
+        if since is None or time.monotonic() - since <= self.engine.config.reconcile_grace:
+            return None
+        return f"reconcile listings failing for {time.monotonic() - since:.0f} s: {self.reconcile_error}"
+
+
+def _index_names() -> list[str]:
+    return [f"nftpolicy_{kind.lower()}_keys" for kind in (*RESOURCES, *CR_KINDS.values())]
+
+
+def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    background: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(api)
+        return connection_info(rt.api)
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True  # leadership is the Lease's job (see lease.py)
         settings.posting.level = logging.ERROR
-        settings.watching.server_timeout = 270
-        settings.watching.client_timeout = 300
-        settings.networking.request_timeout = 30
-        background.append(
-            asyncio.create_task(_publish_loop(engine, custom, elector, handler_context))
-        )
-        background.append(asyncio.create_task(_lease_loop(elector)))
+        settings.watching.server_timeout = timeouts.WATCH_SERVER
+        settings.watching.client_timeout = timeouts.WATCH_READ
+        settings.watching.connect_timeout = timeouts.CONNECT
+        settings.networking.request_timeout = timeouts.REQUEST[1]
+        settings.networking.connect_timeout = timeouts.CONNECT
+        background.append(asyncio.create_task(_publish_loop(rt)))
+        background.append(asyncio.create_task(_lease_loop(rt)))
+        background.append(asyncio.create_task(_reconcile_loop(rt)))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_background(**_: Any) -> None:
@@ -72,31 +179,10 @@ def build_registry(
         await asyncio.gather(*background, return_exceptions=True)
 
     for kind, (group, version, plural) in RESOURCES.items():
-        _register_kind(registry, engine, kind, group, version, plural, index_names, handler_context)
-
-    @kopf.on.event(GROUP, VERSION, "noderules", registry=registry)
-    async def noderules_status(body: kopf.Body, **_: Any) -> None:
-        applied = (body.get("status") or {}).get("appliedGeneration")
-        if applied is None:
-            return
-        engine.enforcement.reported(body["metadata"]["name"], int(applied))
-        _post_enforced(engine)
-
+        _register(registry, rt, kind, group, version, plural)
+    for plural, kind in CR_KINDS.items():
+        _register(registry, rt, kind, GROUP, VERSION, plural)
     return registry
-
-
-def _post_enforced(engine: Engine) -> None:
-    """An Enforced Event for every policy change now applied on all the nodes it spans
-    (from a kopf handler context)."""
-    for policy, nodes, seconds in engine.enforcement.done(time.monotonic()):
-        ref = engine.policy_refs.get(policy)
-        if ref is not None:
-            kopf.event(
-                cast(kopf.Body, ref),
-                type="Normal",
-                reason="Enforced",
-                message=f"enforced on {nodes} node(s) {seconds * 1000:.0f} ms after the change",
-            )
 
 
 def connection_info(api: client.ApiClient) -> kopf.ConnectionInfo:
@@ -118,100 +204,179 @@ def connection_info(api: client.ApiClient) -> kopf.ConnectionInfo:
     )
 
 
-def _register_kind(
+def _register(
     registry: kopf.OperatorRegistry,
-    engine: Engine,
+    rt: Runtime,
     kind: str,
     group: str,
     version: str,
     plural: str,
-    index_names: Mapping[str, str],
-    handler_context: list[contextvars.Context],
 ) -> None:
     namespaced = kind in ("Pod", "NetworkPolicy")
+    own = plural in CR_KINDS
 
     def index_fn(name: str, namespace: str | None, **_: Any) -> dict[tuple[str, str], None]:
         key = f"{namespace}/{name}" if namespaced else name
         return {(kind, key): None}
 
-    kopf.index(group, version, plural, id=index_names[kind], registry=registry)(index_fn)
+    kopf.index(group, version, plural, id=f"nftpolicy_{kind.lower()}_keys", registry=registry)(
+        index_fn
+    )
 
     async def event_fn(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
-        if not handler_context:
-            handler_context.append(contextvars.copy_context())
-        if engine.expected is None:
-            keys: set[tuple[str, str]] = set()
-            for name in index_names.values():
-                keys.update(kwargs[name])
-            engine.expect(keys)
+        if not rt.handler_context:
+            rt.handler_context.append(contextvars.copy_context())
+        keys = rt.initial_keys(kwargs)
+        if keys is not None:
+            await rt.compile(rt.engine.expect, keys)
             log.info("initial listing: %d objects", len(keys))
-        if type == "DELETED":
-            engine.forget(kind, body)
-            return
-        error = engine.feed(kind, body)
-        if error is not None and kind == "NetworkPolicy":
-            engine.metrics.inc("invalid_policies_total")
-            # kopf.warn() would be filtered by settings.posting.level; post it explicitly
-            kopf.event(
-                body, type="Warning", reason="InvalidPolicy", message=f"not enforced: {error}"
-            )
+        raw = dict(body)  # a plain snapshot: kopf may swap what its Body views
+        if own:
+            relisted = await rt.compile(rt.engine.observed, plural, type, raw)
+        else:
+            relisted = await rt.compile(rt.engine.event, kind, type, raw)
+        if relisted:
+            rt.relist.poke()
 
     kopf.on.event(group, version, plural, id=f"nftpolicy-{plural}", registry=registry)(event_fn)
 
 
-async def _lease_loop(elector: LeaseElector) -> None:
+# ---- background tasks -------------------------------------------------------------------------
+
+
+async def _lease_loop(rt: Runtime) -> None:
     loop = asyncio.get_running_loop()
     try:
         while True:
-            await loop.run_in_executor(None, elector.try_acquire_or_renew)
+            await loop.run_in_executor(rt.leaser, rt.elector.try_acquire_or_renew)
             await asyncio.sleep(LEASE_RENEW)
     finally:
-        await loop.run_in_executor(None, elector.release)
+        await loop.run_in_executor(rt.leaser, rt.elector.release)
 
 
-async def _publish_loop(
-    engine: Engine,
-    custom: client.CustomObjectsApi,
-    elector: LeaseElector,
-    handler_context: list[contextvars.Context],
-) -> None:
-    loop = asyncio.get_running_loop()
+async def _publish_loop(rt: Runtime) -> None:
+    engine, loop = rt.engine, asyncio.get_running_loop()
+    custom = client.CustomObjectsApi(rt.api)
+    wake = asyncio.Event()
     while True:
-        await asyncio.sleep(engine.config.publish_interval)
-        engine.metrics.set("leader", 1.0 if elector.is_leader else 0.0)
-        engine.metrics.set("synced", 1.0 if engine.synced else 0.0)
-        if not elector.is_leader:
-            if engine.published is not None:
-                engine.stop_leading()
-            continue
-        if not engine.synced:
-            continue
         try:
-            if engine.published is None:
-                published = await loop.run_in_executor(None, list_published, custom)
-                engine.start_leading(published)
-                log.info("leading: %d objects published, planning the differences", len(published))
-            writes = engine.prepare()
-            if writes:
-                done, sent = await loop.run_in_executor(None, execute, custom, writes)
-                engine.written(done, sent)
-                if len(done) < len(writes):
-                    engine.metrics.inc("write_failures_total")
-            engine.metrics.set("pending_writes", len(engine.pending))
-            # Changes that need no agent report (no node's rules changed, or every spanned node
-            # already applies them) are done as soon as they are published: a NodeRules status
-            # event, which otherwise triggers the check, may never come for them.
-            if engine.enforcement.pending and handler_context:
-                handler_context[0].run(_post_enforced, engine)
+            await asyncio.wait_for(wake.wait(), engine.config.publish_interval)
+            await asyncio.sleep(CYCLE_SPACING)
+        except TimeoutError:
+            pass
+        wake.clear()
+        leading = rt.elector.is_leader
+        engine.metrics.set("leader", 1.0 if leading else 0.0)
+        engine.metrics.set("synced", 1.0 if engine.synced else 0.0)
+        try:
+            if not leading and engine.leading:
+                log.warning(
+                    "not leading any more (lease last renewed %.1f s ago): publishing stops",
+                    rt.elector.renewed_ago(),
+                )
+                await rt.compile(engine.stop_leading)
+            elif leading and engine.synced and not engine.leading:
+                published, _ = await loop.run_in_executor(rt.lister, list_published, custom)
+                if rt.elector.is_leader:
+                    await rt.compile(engine.start_leading, published)
+            writes, notices = await rt.compile(engine.cycle, time.monotonic())
+            term = engine.term
+            for write in writes:
+                _send(rt, custom, write, term, loop, wake)
+            _post(rt, notices)
+            rt.last_cycle = time.monotonic()
         except Exception:
             log.exception("publishing failed; retrying")
             await asyncio.sleep(1.0)
 
 
+def _send(
+    rt: Runtime,
+    custom: client.CustomObjectsApi,
+    write: Write,
+    term: int,
+    loop: asyncio.AbstractEventLoop,
+    wake: asyncio.Event,
+) -> None:
+    """Hand one write to the pool; its outcome goes back to the engine and wakes the loop."""
+
+    def done(future: Future[Any]) -> None:
+        if not future.cancelled():
+            rt.engine.outcomes.put((term, write, future.result()))
+            loop.call_soon_threadsafe(wake.set)
+
+    rt.writers.submit(perform, custom, write).add_done_callback(done)
+
+
+def _post(rt: Runtime, notices: list[Notice]) -> None:
+    if not notices:
+        return
+    if not rt.handler_context:
+        log.warning("%d event(s) not posted: no kopf context yet", len(notices))
+        return
+    for n in notices:
+        rt.handler_context[0].run(
+            kopf.event, cast(kopf.Body, n.ref), type=n.type, reason=n.reason, message=n.message
+        )
+
+
+async def _reconcile_loop(rt: Runtime) -> None:
+    period = rt.engine.config.reconcile_period
+    wait = period
+    while True:
+        relisted = await rt.relist.wait(wait)
+        if not rt.engine.synced:
+            continue  # the initial listing is still arriving: nothing to compare yet
+        ok = await _reconcile(rt, "kopf listed again" if relisted else "periodic")
+        wait = period if ok else min(period, RECONCILE_RETRY)
+
+
+async def _reconcile(rt: Runtime, why: str) -> bool:
+    """List every watched kind through the API and make the engine equal to the listings."""
+    engine, loop = rt.engine, asyncio.get_running_loop()
+    counts: list[str] = []
+    corrections = 0
+    try:
+        for kind, list_fn in list_functions(rt.api).items():
+            pages: Iterator[tuple[list[dict[str, Any]], str]] = list_pages(list_fn)
+            listed: set[str] = set()
+            version, fed = "", 0
+            while (page := await loop.run_in_executor(rt.lister, next, pages, None)) is not None:
+                items, version = page
+                fed += await rt.compile(engine.relisted, kind, items, listed)
+            gone = await rt.compile(engine.relist_done, kind, listed, version)
+            corrections += fed + gone
+            counts.append(f"{kind} {len(listed)} listed, {fed} updated, {gone} forgotten")
+        if engine.leading:
+            custom = client.CustomObjectsApi(rt.api)
+            published, versions = await loop.run_in_executor(rt.lister, list_published, custom)
+            fixed = await rt.compile(engine.published_relisted, published, versions)
+            corrections += fixed
+            counts.append(f"published {len(published)} listed, {fixed} corrected")
+    except Exception as e:  # noqa: BLE001 - the API is away or slow: try again later
+        if rt.reconcile_failing_since is None:
+            rt.reconcile_failing_since = time.monotonic()
+        rt.reconcile_error = f"{type(e).__name__}: {e}"
+        log.warning("reconcile (%s) failed: %s; trying again", why, rt.reconcile_error)
+        return False
+    rt.reconcile_failing_since = None
+    engine.metrics.inc("reconciles_total")
+    engine.metrics.inc("reconcile_corrections_total", corrections)
+    (log.warning if corrections else log.info)("reconcile (%s): %s", why, "; ".join(counts))
+    return True
+
+
 def run_operator(api: client.ApiClient, metrics_port: int, config: OperatorConfig) -> None:
     engine = Engine(config)
-    if metrics_port:
-        engine.metrics.serve(metrics_port)
     elector = LeaseElector(api, config.lease_namespace, config.lease_name, config.identity)
-    registry = build_registry(engine, api, elector)
-    kopf.run(registry=registry, clusterwide=True, standalone=True)
+    rt = Runtime(engine, api, elector)
+    metrics = engine.metrics
+    metrics.add_check("publish-loop", rt.cycle_problem)
+    metrics.add_check("reconcile", rt.reconcile_problem)
+    # Readiness only: restarting cannot make the API server accept an object it rejects, and
+    # would only move the failure (and a full re-list) to the other replica.
+    metrics.add_check("writes", lambda: engine.write_problem(time.monotonic()), liveness=False)
+    metrics.add_check("initial-sync", engine.sync_problem, liveness=False)
+    if metrics_port:
+        metrics.serve(metrics_port)
+    kopf.run(registry=build_registry(rt), clusterwide=True, standalone=True)

@@ -48,6 +48,10 @@ class DesiredState:
             out[(ADDRESS_GROUPS, name)] = group_body(group, span) if group and span else None
         return out
 
+    def groups_of(self, node: str) -> frozenset[str]:
+        """The groups the desired NodeRules of ``node`` refer to (as of the last ``bodies``)."""
+        return self._node_groups.get(node, frozenset())
+
     def _set_node_groups(self, node: str, groups: frozenset[str]) -> frozenset[str]:
         """Record which groups ``node`` refers to; return the groups whose span changed."""
         old = self._node_groups.get(node, frozenset())

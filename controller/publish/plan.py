@@ -1,4 +1,5 @@
-"""Pure diff between desired and published custom resources.
+"""Pure decisions about one custom resource: is it published as desired, and which write
+makes it so.
 
 Only ``metadata.labels`` and ``spec`` are compared: everything else on a published object
 (status, resourceVersion, managed fields) belongs to the API server or the agents. A restart
@@ -7,11 +8,14 @@ that computes the same desired state therefore plans no writes at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from controller.resources import span_label
+
 Key = tuple[str, str]  # (plural, name)
+Body = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -19,41 +23,56 @@ class Write:
     verb: Literal["create", "replace", "delete"]
     plural: str
     name: str
-    body: Mapping[str, Any] | None = None  # create/replace: the desired object
-    current: Mapping[str, Any] | None = None  # replace: what is published now
+    body: Body | None = None  # create/replace: the desired object
+    current: Body | None = None  # replace: what is published now
+
+    @property
+    def key(self) -> Key:
+        return (self.plural, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.plural}/{self.name}"
 
 
-def _comparable(body: Mapping[str, Any]) -> tuple[Any, Any]:
-    return (dict(body.get("metadata", {}).get("labels") or {}), body.get("spec"))
+def labels(body: Body) -> Mapping[str, str]:
+    return body.get("metadata", {}).get("labels") or {}
 
 
-def plan(
-    desired: Mapping[Key, Mapping[str, Any] | None],
-    published: Mapping[Key, Mapping[str, Any]],
-) -> list[Write]:
-    """Writes for every key in ``desired`` (``None`` = should not exist).
-
-    Creates come before replaces and deletes last, so that a NodeRules object never refers
-    to a group that is not published yet, and a group is only deleted after the rules that
-    referred to it have moved on. Groups go before node rules within each verb.
-    """
-    writes: list[Write] = []
-    for (plural, name), body in desired.items():
-        current = published.get((plural, name))
-        if body is None:
-            if current is not None:
-                writes.append(Write("delete", plural, name))
-        elif current is None:
-            writes.append(Write("create", plural, name, body))
-        elif _comparable(current) != _comparable(body):
-            writes.append(Write("replace", plural, name, body, current))
-    order = {"create": 0, "replace": 1, "delete": 2}
-    kinds = {"addressgroups": 0, "noderules": 1}
-    writes.sort(
-        key=lambda w: (
-            order[w.verb],
-            kinds.get(w.plural, 2) if w.verb != "delete" else -kinds.get(w.plural, 2),
-            w.name,
-        )
+def same(a: Body | None, b: Body | None) -> bool:
+    """Whether two bodies (``None``: absent) say the same (labels and spec)."""
+    if a is None or b is None:
+        return a is b
+    return dict(labels(a)) == dict(labels(b)) and _absent_nulls(a.get("spec")) == _absent_nulls(
+        b.get("spec")
     )
-    return writes
+
+
+def _absent_nulls(value: Any) -> Any:
+    """``value`` without null members: replaces are JSON merge patches, in which a null
+    deletes the field, so a field we send as null is stored absent (a create stores it)."""
+    if isinstance(value, Mapping):
+        return {k: _absent_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_absent_nulls(v) for v in value]
+    return value
+
+
+def write_for(plural: str, name: str, desired: Body | None, current: Body | None) -> Write | None:
+    """The write that turns ``current`` into ``desired`` (``None``: nothing to do)."""
+    if same(desired, current):
+        return None
+    if desired is None:
+        return Write("delete", plural, name)
+    if current is None:
+        return Write("create", plural, name, desired)
+    return Write("replace", plural, name, desired, current)
+
+
+def with_span(group: Body, nodes: Iterable[str]) -> Body:
+    """``group`` with the span labels of ``nodes`` added (nodes whose published rules still
+    refer to it keep seeing it until their rules move on)."""
+    extra = {span_label(n): "" for n in nodes}
+    if all(k in labels(group) for k in extra):
+        return group
+    meta = group.get("metadata", {})
+    return {**group, "metadata": {**meta, "labels": {**labels(group), **extra}}}

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,7 +70,13 @@ class Live:
 
     # ---- processes -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: Sequence[str], log_level: str = "debug") -> None:
+    def _spawn(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_level: str = "debug",
+        kubeconfig: Path | None = None,
+    ) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.processes[name] = subprocess.Popen(
             [
@@ -78,7 +85,7 @@ class Live:
                 "controller.cli",
                 *args,
                 "--kubeconfig",
-                str(self.plane.kubeconfig),
+                str(kubeconfig or self.plane.kubeconfig),
                 "--log-level",
                 log_level,
             ],
@@ -94,11 +101,28 @@ class Live:
             name, ["operator", "--lease-namespace", "default", "--identity", name], log_level
         )
 
-    def start_agent(self, node: str, log_level: str = "debug") -> None:
+    def start_agent(
+        self,
+        node: str,
+        log_level: str = "debug",
+        kubeconfig: Path | None = None,
+        metrics_port: int = 0,
+    ) -> None:
         self._spawn(
             f"agent-{node}",
-            ["agent", "--node", node, "--netns", self.net.node_netns(node), "--resync-period", "5"],
+            [
+                "agent",
+                "--node",
+                node,
+                "--netns",
+                self.net.node_netns(node),
+                "--resync-period",
+                "5",
+                "--metrics-port",
+                str(metrics_port),
+            ],
             log_level,
+            kubeconfig,
         )
 
     def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -313,3 +337,29 @@ def enforced_events(live: Live, ns: str, uid: str) -> int:
     """How many ``Enforced`` Events the operator posted for the policy with this uid."""
     items = live.core.list_namespaced_event(ns, field_selector=f"involvedObject.uid={uid}").items
     return sum(1 for e in items if e.reason == "Enforced")
+
+
+# ---- additions for tests/integration/test_operator_robustness.py
+
+
+def start_operator_with(
+    live: Live,
+    name: str,
+    *args: str,
+    metrics_port: int = 0,
+    kubeconfig: Path | None = None,
+) -> None:
+    """``Live.start_operator`` with a metrics port, more flags and another kubeconfig."""
+    base = ["operator", "--lease-namespace", "default", "--identity", name]
+    live._spawn(name, [*base, "--metrics-port", str(metrics_port), *args], kubeconfig=kubeconfig)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A process's /metrics on 127.0.0.1 as name -> value (prefix included)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if name and not name.startswith("#")
+    }

@@ -416,10 +416,11 @@ class EchoClient:
 
 
 def connect(netns: str, dst: str, attempts: int = 20) -> EchoClient:
-    """A connection that has answered a first ping (the server may still be starting)."""
+    """A connection that has answered a first ping (the server may still be starting; on a
+    busy machine starting ``socat`` in a namespace alone can take seconds)."""
     for _ in range(attempts):
         client = EchoClient(netns, dst)
-        if client.ping(2.0):
+        if client.ping(10.0):
             return client
         client.close()
         time.sleep(0.2)

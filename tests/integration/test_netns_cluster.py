@@ -167,13 +167,25 @@ def test_cleanup_stale_removes_leftovers(netns_cluster: NetnsCluster) -> None:
     netns_cluster.add_node("node1", "10.244.1.0/24")
     netns_cluster.add_pod("default", "a", "node1", "10.244.1.2")
     netns_cluster.wait_ready()
-    # A stray process inside a namespace, as a crashed run could leave behind.
+    # A stray process inside a namespace, as a crashed run could leave behind. It says when it
+    # is in there: on a busy machine `ip netns exec` may not have entered the namespace yet
+    # when the clean-up looks for processes, and then it would not be found.
     sleeper = subprocess.Popen(
-        ["ip", "netns", "exec", netns_cluster.node_netns("node1"), "sleep", "60"]
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns_cluster.node_netns("node1"),
+            "sh",
+            "-c",
+            "echo inside; exec sleep 3600",
+        ],
+        stdout=subprocess.PIPE,
     )
+    assert sleeper.stdout is not None and sleeper.stdout.readline() == b"inside\n"
     removed = cleanup_stale(netns_cluster.prefix + "-")
     assert len(removed) == 3  # fabric, node, pod
-    assert sleeper.wait(5) != 0
+    assert sleeper.wait(60) != 0  # killed (it would sleep for an hour)
     assert not [name for name in list_netns() if name.startswith(netns_cluster.prefix)]
     netns_cluster.close()  # tolerates namespaces that are already gone
 

@@ -125,6 +125,7 @@ def test_template_matches_golden(helm: Path, name: str) -> None:
         (["--set", "agent.resyncPeriod=0"], "/agent/resyncPeriod"),
         (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         (["--set", "agent.conntrackCleanup=maybe"], "/agent/conntrackCleanup"),
+        (["--set", "agent.startupTimeoutSeconds=5"], "/agent/startupTimeoutSeconds"),
         (["--set", "defaultDeny.allowDns=true"], "allowDns"),  # a typo is not ignored
     ],
 )
@@ -189,6 +190,31 @@ def test_agent_has_exactly_net_admin_and_net_raw(default_objs: list[dict[str, An
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["runAsUser"] == 0  # added capabilities are only effective for root
+
+
+def test_agent_probes(
+    default_objs: list[dict[str, Any]], custom_objs: list[dict[str, Any]]
+) -> None:
+    """Liveness is /healthz (watch stale, applies failing, generation lagging, apply thread
+    dead); readiness and start-up are /readyz (first apply done), so a slow first sync is not
+    killed by liveness and a DaemonSet rollout waits for each agent to have applied."""
+    c = container(find(default_objs, "DaemonSet", "-agent"))
+    assert c["livenessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "metrics"},
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+    }
+    assert c["readinessProbe"] == {
+        "httpGet": {"path": "/readyz", "port": "metrics"},
+        "periodSeconds": 5,
+    }
+    assert c["startupProbe"] == {
+        "httpGet": {"path": "/readyz", "port": "metrics"},
+        "periodSeconds": 5,
+        "failureThreshold": 60,  # startupTimeoutSeconds: 300
+    }
+    custom = container(find(custom_objs, "DaemonSet", "-agent"))
+    assert custom["startupProbe"]["failureThreshold"] == 120  # 600 s
 
 
 def test_agent_options_from_values(custom_objs: list[dict[str, Any]]) -> None:

@@ -26,9 +26,18 @@ def test_render_and_serve() -> None:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "nftpolicy_agent_applies_total 3" in body
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
-        m.healthy = lambda: False
+        problem: list[str | None] = [None]
+        m.add_check("watch", lambda: problem[0])
+        m.add_check("sync", lambda: "initial listing not complete", liveness=False)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert err.value.code == 503
+        assert err.value.read().decode() == "sync: initial listing not complete\n"
+        problem[0] = "no event for 300 s"
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert err.value.code == 503
+        assert err.value.read().decode() == "watch: no event for 300 s\n"
     finally:
         server.shutdown()
