@@ -361,10 +361,9 @@ def test_operator_cluster_role_verbs(default_objs: list[dict[str, Any]]) -> None
     publish = {
         ("nftpolicy.io", r, v, "*")
         for r in ("noderules", "addressgroups")
-        for v in ("list", "create", "patch", "delete")
+        for v in ("get", "list", "watch", "create", "patch", "delete")
     }
     assert got == watch | publish | {
-        ("nftpolicy.io", "noderules", "watch", "*"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "list", "*"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch", "*"),
         ("", "events", "create", "*"),
