@@ -32,7 +32,7 @@ Write volume: with all policies in place, a pod is added (create + status patch,
 does), relabelled to another group, and deleted, a few times each; the operator's writes of
 AddressGroup/NodeRules objects (a change of their labels or spec, seen by the watch; agents'
 status updates are not counted) are counted until nothing changes for a while, with the bytes
-the operator sends for them (the request bodies ``controller.kube.publisher.execute`` builds),
+the operator sends for them (the request bodies ``controller.kube.publisher.perform`` builds),
 cross-checked with the operator's own ``writes_total``/``write_bytes_total`` from its /metrics
 (``--metrics-port``, scraped on 127.0.0.1).
 
