@@ -133,7 +133,10 @@ def wait_leading(live: Live, name: str = "operator") -> None:
 
 
 def assert_no_writes(live: Live, port: int, seconds: float) -> None:
-    """Steady state: neither our objects nor the operator's write counters move."""
+    """Steady state: neither our objects nor the operator's write counters move. The baseline
+    is taken once the operator has no write pending: a write lands in the API server a step
+    before the operator counts its outcome."""
+    wait(lambda: scrape(port)[M + "pending_writes"] == 0, SLACK, "no pending writes", live)
     before, counted = snapshot(live), scrape(port)[M + "writes_total"]
     time.sleep(seconds)
     assert snapshot(live) == before, "objects written in steady state"
