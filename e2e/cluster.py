@@ -1,7 +1,7 @@
-"""Driving the kind cluster: kubectl, the model pods, probe matrices, convergence.
+"""Driving the cluster: kubectl, the model pods, probe matrices, convergence.
 
-Needs ``kubectl`` (and, for diagnostics, ``docker``) at run time; importing this module needs
-neither.
+Needs ``kubectl`` at run time (everything goes through the API server, whatever the provider);
+importing this module does not.
 """
 
 from __future__ import annotations
@@ -231,7 +231,8 @@ def eventually(check: Any, timeout: float, what: str, interval: float = 1.0) -> 
 
 
 def diagnostics(k: Kubectl, nodes: Sequence[str]) -> str:
-    """What to look at when a test fails: pods, nftpolicy logs, NodeRules, the nodes' tables."""
+    """What to look at when a test fails: pods, nftpolicy logs, NodeRules, and each node's
+    table as its agent sees it (``kubectl exec`` into the hostNetwork agent: any provider)."""
     parts = []
     for title, args in (
         ("pods", ["get", "pods", "-A", "-o", "wide"]),
@@ -254,11 +255,15 @@ def diagnostics(k: Kubectl, nodes: Sequence[str]) -> str:
         proc = k.run(*args, check=False)
         parts.append(f"===== {title}\n{proc.stdout}{proc.stderr}")
     for node in nodes:
-        proc = subprocess.run(
-            ["docker", "exec", node, "nft", "list", "table", "inet", "nftpolicy"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        agent = agent_on(k, node)
+        if agent is None:
+            parts.append(f"===== nft table on {node}: no agent pod")
+            continue
+        proc = k.run(*agent_exec(agent, "nft", "list", "table", "inet", "nftpolicy"), check=False)
         parts.append(f"===== nft table on {node}\n{proc.stdout}{proc.stderr}")
     return "\n".join(parts)
+
+
+def agent_exec(agent: Mapping[str, Any], *argv: str) -> list[str]:
+    """kubectl arguments running ``argv`` in an agent pod: in its node's network namespace."""
+    return ["-n", install.NAMESPACE, "exec", agent["metadata"]["name"], "-c", "agent", "--", *argv]

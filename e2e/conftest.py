@@ -1,11 +1,14 @@
-"""Fixtures: a kind cluster with the upstream model pods, and nftpolicy installed into it.
+"""Fixtures: a cluster (kind, or any given by a kubeconfig) with the upstream model pods, and
+nftpolicy installed into it.
 
-Environment:
-  NFTPOLICY_E2E_IP_FAMILY   ipv4 (default) | ipv6 | dual  (kind ``networking.ipFamily``)
-  NFTPOLICY_E2E_IMAGE       image to load and install (default nftpolicy:e2e; built from the
-                            repository's Dockerfile when docker does not have it)
-  NFTPOLICY_E2E_REQUIRED=1  fail instead of skip when docker/kind/kubectl/helm are missing (CI)
+Environment (and see ``e2e/providers.py`` for the cluster's own):
+  NFTPOLICY_E2E_IP_FAMILY   ipv4 (default) | ipv6 | dual  (kind ``networking.ipFamily``; on a
+                            given cluster, the family the model pods are probed in)
+  NFTPOLICY_E2E_IMAGE       image to install (default nftpolicy:e2e; on kind built from the
+                            repository's Dockerfile when docker does not have it, then loaded)
+  NFTPOLICY_E2E_REQUIRED=1  fail instead of skip when no cluster can be had (CI)
   NFTPOLICY_E2E_KEEP=1      keep the kind cluster afterwards
+  NFTPOLICY_E2E_KUBECTL, NFTPOLICY_E2E_HELM   the binaries (default: kubectl and helm in PATH)
 
 Order matters once: ``test_00_baseline.py`` checks that a deny-all policy has no effect
 *before* the ``nftpolicy`` fixture installs the chart; every later test shares the install.
@@ -24,31 +27,19 @@ import pytest
 
 from e2e import install, kind_config
 from e2e.cluster import Kubectl, Model, Prober, create_model, diagnostics, pods, ready
-
-try:  # pytest-kind is in the [test] extra; e2e/ stays importable without it
-    from pytest_kind import KindCluster  # type: ignore[import-untyped]
-except ImportError:  # pragma: no cover - depends on the environment
-    KindCluster = None
+from e2e.providers import KindProvider, KubeconfigProvider, Provider, kind_unavailable_reason
 
 IP_FAMILY = os.environ.get("NFTPOLICY_E2E_IP_FAMILY", "ipv4")
 IMAGE = os.environ.get("NFTPOLICY_E2E_IMAGE", install.DEFAULT_IMAGE)
 REQUIRED = os.environ.get("NFTPOLICY_E2E_REQUIRED") == "1"
 KEEP = os.environ.get("NFTPOLICY_E2E_KEEP") == "1"
-TOOLS = ("docker", "kind", "kubectl", "helm")
+KUBECONFIG = os.environ.get("NFTPOLICY_E2E_KUBECONFIG", "")
+WANTED_NODES = tuple(n for n in os.environ.get("NFTPOLICY_E2E_NODES", "").split(",") if n)
+PULL_POLICY = os.environ.get("NFTPOLICY_E2E_PULL_POLICY", "")
+KUBECTL = os.environ.get("NFTPOLICY_E2E_KUBECTL") or shutil.which("kubectl") or "kubectl"
+HELM = os.environ.get("NFTPOLICY_E2E_HELM") or shutil.which("helm") or "helm"
 
 _state: dict[str, Any] = {"installed": False, "kubectl": None, "nodes": []}
-
-
-def unavailable_reason() -> str | None:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        return f"not installed: {', '.join(missing)}"
-    if KindCluster is None:
-        return "pytest-kind is not installed (pip install -e '.[test]')"
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
-    if info.returncode != 0:
-        return f"docker is not usable: {info.stderr.strip()[:200]}"
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -57,47 +48,51 @@ def family() -> int:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    reason = unavailable_reason()
-    if reason is not None:
-        if REQUIRED:
-            pytest.fail(f"e2e requirements missing: {reason}")
-        pytest.skip(f"e2e needs docker, kind, kubectl, helm and pytest-kind: {reason}")
-    config = tmp_path_factory.mktemp("kind") / "kind.yaml"
-    config.write_text(kind_config.kind_config_yaml(IP_FAMILY))
-    version = subprocess.run(["kind", "version"], capture_output=True, text=True, check=False)
-    print(f"kind: {version.stdout.strip()} (suite written for {kind_config.KIND_VERSION})")
-    assert KindCluster is not None
-    kc = KindCluster(
-        kind_config.CLUSTER_NAME,
-        kind_path=Path(shutil.which("kind") or "kind"),
-        kubectl_path=Path(shutil.which("kubectl") or "kubectl"),
-    )
-    kc.create(config_file=config)
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
+    chosen: Provider
+    if KUBECONFIG:
+        chosen = KubeconfigProvider(Path(KUBECONFIG), WANTED_NODES)
+        if not chosen.kubeconfig.is_file():
+            pytest.fail(f"NFTPOLICY_E2E_KUBECONFIG={KUBECONFIG}: no such file")
+    else:
+        reason = kind_unavailable_reason()
+        if reason is not None:
+            if REQUIRED:
+                pytest.fail(f"e2e requirements missing: {reason}")
+            pytest.skip(
+                "e2e needs NFTPOLICY_E2E_KUBECONFIG (a running cluster; scripts/e2e.sh starts "
+                f"one here), or docker, kind, kubectl, helm and pytest-kind: {reason}"
+            )
+        config = tmp_path_factory.mktemp("kind") / "kind.yaml"
+        chosen = KindProvider.create(config, IP_FAMILY, KEEP)
+    if PULL_POLICY:
+        chosen.pull_policy = PULL_POLICY
     try:
-        yield kc
+        yield chosen
     finally:
-        if not KEEP:
-            kc.delete()
+        chosen.close()
 
 
 @pytest.fixture(scope="session")
-def k(cluster: Any) -> Kubectl:
-    kubectl = Kubectl(Path(cluster.kubeconfig_path), shutil.which("kubectl") or "kubectl")
+def k(provider: Provider) -> Kubectl:
+    kubectl = Kubectl(provider.kubeconfig, KUBECTL)
     _state["kubectl"] = kubectl
     return kubectl
 
 
 @pytest.fixture(scope="session")
-def nodes() -> list[str]:
-    names = kind_config.worker_names()
+def nodes(provider: Provider, k: Kubectl) -> list[str]:
+    k.run("wait", "--for=condition=Ready", "node", "--all", "--timeout=300s", timeout=320)
+    try:
+        names = provider.nodes(k.json("get", "nodes"))
+    except ValueError as e:
+        pytest.fail(str(e))
     _state["nodes"] = names
     return names
 
 
 @pytest.fixture(scope="session")
 def model_cluster(k: Kubectl, nodes: list[str], family: int) -> Model:
-    k.run("wait", "--for=condition=Ready", "node", "--all", "--timeout=300s", timeout=320)
     return create_model(k, nodes, family)  # type: ignore[arg-type]
 
 
@@ -110,21 +105,18 @@ def nftpolicy_installed() -> bool:
     return bool(_state["installed"])
 
 
-def _docker(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-
-
 @pytest.fixture(scope="session")
-def nftpolicy(cluster: Any, k: Kubectl, model_cluster: Model, nodes: list[str]) -> Model:
+def nftpolicy(provider: Provider, k: Kubectl, model_cluster: Model) -> Model:
     """The chart installed with the image under test; every agent and operator Ready."""
-    if _docker("image", "inspect", IMAGE).returncode != 0:
-        build = subprocess.run(
-            ["docker", *install.docker_build_args(IMAGE)], text=True, check=False
-        )
-        assert build.returncode == 0, f"docker build of {IMAGE} failed"
-    cluster.load_docker_image(IMAGE)
+    provider.load_image(IMAGE)
     helm = subprocess.run(
-        ["helm", f"--kubeconfig={cluster.kubeconfig_path}", *install.helm_install_args(IMAGE)],
+        [
+            HELM,
+            f"--kubeconfig={provider.kubeconfig}",
+            *install.helm_install_args(
+                IMAGE, extra_values={"image.pullPolicy": provider.pull_policy}
+            ),
+        ],
         capture_output=True,
         text=True,
         check=False,

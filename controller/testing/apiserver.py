@@ -21,14 +21,12 @@ no garbage collection, pods never run. See shared/notes/control-plane.md.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import ctypes
 import http.client
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -42,6 +40,15 @@ from typing import IO, Self
 import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+
+from controller.testing.support import (
+    CertificateAuthority,
+    CertSpec,
+    PkiError,
+    free_port,
+    kubeconfig,
+    tail,
+)
 
 __all__ = [
     "ControlPlaneError",
@@ -59,7 +66,6 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 
 # scripts/testenv.sh exit status when no Go toolchain is installed (too old a Go is 4).
 _EXIT_GO_MISSING = 3
-_LOG_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
 _DIR_PREFIX = "nftpolicy-cp-"
 _OWNER_FILE = "owner.pid"
@@ -117,27 +123,11 @@ def find_binaries(*, stderr: IO[str] | None = None) -> Path:
     return bin_dir
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _log_note(log: Path) -> str:
     """Where a log can be read after a failed start (the directory is removed unless kept)."""
     if os.environ.get(KEEP_ENV):
         return f" {log}"
     return f" (set {KEEP_ENV}=1 to keep {log.parent})"
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log file ('' if it does not exist)."""
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def cleanup_dead_runs() -> None:
@@ -163,141 +153,36 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-_OPENSSL_CNF = """\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign,digitalSignature
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-subjectAltName = DNS:localhost,IP:127.0.0.1,IP:10.0.0.1
-[client]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = clientAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-"""
-
-
 class _Pki:
-    """Certificates and keys made with the openssl CLI in ``directory``."""
+    """The control plane's CA, serving and admin certificates and service-account keys."""
 
     def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.ca_crt = directory / "ca.crt"
-        self.ca_key = directory / "ca.key"
+        self.ca = CertificateAuthority(directory, "nftpolicy-test-ca")
+        self.ca_crt = self.ca.crt
         self.serving_crt = directory / "apiserver.crt"
         self.serving_key = directory / "apiserver.key"
         self.admin_crt = directory / "admin.crt"
         self.admin_key = directory / "admin.key"
         self.sa_key = directory / "sa.key"
         self.sa_pub = directory / "sa.pub"
-        self._cnf = directory / "openssl.cnf"
-        self._serial = 1
-
-    def _openssl(self, *args: str) -> None:
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise ControlPlaneError("the openssl command is needed to make test certificates")
-        proc = subprocess.run(
-            [openssl, *args], cwd=self.dir, capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise ControlPlaneError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
-
-    def _ec_key(self, path: Path) -> None:
-        self._openssl(
-            "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path)
-        )
-
-    def _issue(self, crt: Path, key: Path, subject: str, section: str) -> None:
-        self._ec_key(key)
-        csr = crt.with_suffix(".csr")
-        self._openssl(
-            "req",
-            "-new",
-            "-config",
-            str(self._cnf),
-            "-key",
-            str(key),
-            "-subj",
-            subject,
-            "-out",
-            str(csr),
-        )
-        self._serial += 1
-        self._openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(csr),
-            "-CA",
-            str(self.ca_crt),
-            "-CAkey",
-            str(self.ca_key),
-            "-set_serial",
-            str(self._serial),
-            "-days",
-            "30",
-            "-sha256",
-            "-extfile",
-            str(self._cnf),
-            "-extensions",
-            section,
-            "-out",
-            str(crt),
-        )
-        csr.unlink()
 
     def create(self) -> None:
         """Make the CA, the serving and admin certificates and the service-account key."""
-        self._cnf.write_text(_OPENSSL_CNF)
-        self._ec_key(self.ca_key)
-        self._openssl(
-            "req",
-            "-new",
-            "-x509",
-            "-config",
-            str(self._cnf),
-            "-extensions",
-            "ca",
-            "-key",
-            str(self.ca_key),
-            "-subj",
-            "/CN=nftpolicy-test-ca",
-            "-days",
-            "30",
-            "-sha256",
-            "-out",
-            str(self.ca_crt),
+        serving = CertSpec(
+            "apiserver",
+            "localhost",
+            server=True,
+            dns_names=("localhost",),
+            ips=("127.0.0.1", "10.0.0.1"),
         )
-        self._issue(self.serving_crt, self.serving_key, "/CN=localhost", "server")
-        self._issue(
-            self.admin_crt, self.admin_key, "/O=system:masters/CN=nftpolicy-test-admin", "client"
-        )
-        # RS256 is what every token consumer supports; one key signs, its public half verifies.
-        self._openssl(
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            str(self.sa_key),
-        )
-        self._openssl("pkey", "-in", str(self.sa_key), "-pubout", "-out", str(self.sa_pub))
-        for key in (self.ca_key, self.serving_key, self.admin_key, self.sa_key):
-            key.chmod(0o600)
+        admin = CertSpec("admin", "nftpolicy-test-admin", "system:masters", client=True)
+        try:
+            self.ca.create()
+            self.ca.issue(serving)
+            self.ca.issue(admin)
+            self.ca.service_account_keys("sa")
+        except PkiError as exc:
+            raise ControlPlaneError(str(exc)) from exc
 
 
 class TestControlPlane:
@@ -426,7 +311,7 @@ class TestControlPlane:
                 self._pki = _Pki(self._dir)
                 self._pki.create()
                 self._start_etcd()
-                self._port = _free_port()
+                self._port = free_port()
                 self._write_kubeconfig()
                 self._start_apiserver()
             except BaseException:
@@ -511,7 +396,7 @@ class TestControlPlane:
             if proc.poll() is not None:
                 raise ControlPlaneError(
                     f"{name} exited with status {proc.returncode} while starting; "
-                    f"last lines of its log{_log_note(log)}:\n{_tail(log)}"
+                    f"last lines of its log{_log_note(log)}:\n{tail(log)}"
                 )
             why_not = probe()
             if why_not is None:
@@ -520,7 +405,7 @@ class TestControlPlane:
             if time.monotonic() > deadline:
                 raise ControlPlaneError(
                     f"{name} not ready after {self.startup_timeout:.0f} s ({why}); "
-                    f"last lines of its log{_log_note(log)}:\n{_tail(log)}"
+                    f"last lines of its log{_log_note(log)}:\n{tail(log)}"
                 )
             time.sleep(0.25)
 
@@ -532,7 +417,7 @@ class TestControlPlane:
             [etcd, "--help"], capture_output=True, text=True, check=False
         ).stdout
         for attempt in range(1, attempts + 1):
-            self._etcd_port, self._etcd_peer_port = _free_port(), _free_port()
+            self._etcd_port, self._etcd_peer_port = free_port(), free_port()
             client = f"http://127.0.0.1:{self._etcd_port}"
             peer = f"http://127.0.0.1:{self._etcd_peer_port}"
             argv = [
@@ -553,7 +438,7 @@ class TestControlPlane:
                 self._wait_ready("etcd", self._etcd, self.etcd_log, self._probe_etcd)
                 return
             except ControlPlaneError:
-                in_use = "address already in use" in _tail(self.etcd_log, 10)
+                in_use = "address already in use" in tail(self.etcd_log, 10)
                 self._terminate(self._etcd)
                 self._etcd = None
                 if not in_use or attempt == attempts:
@@ -638,39 +523,14 @@ class TestControlPlane:
     def _write_kubeconfig(self) -> None:
         pki = self._pki
         assert pki is not None
-
-        def b64(path: Path) -> str:
-            return base64.b64encode(path.read_bytes()).decode()
-
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "nftpolicy-test",
-                    "cluster": {
-                        "server": self.url,
-                        "certificate-authority-data": b64(pki.ca_crt),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {
-                        "client-certificate-data": b64(pki.admin_crt),
-                        "client-key-data": b64(pki.admin_key),
-                    },
-                }
-            ],
-            "contexts": [
-                {
-                    "name": "nftpolicy-test",
-                    "context": {"cluster": "nftpolicy-test", "user": "admin"},
-                }
-            ],
-            "current-context": "nftpolicy-test",
-        }
+        config = kubeconfig(
+            self.url,
+            pki.ca_crt.read_bytes(),
+            pki.admin_crt.read_bytes(),
+            pki.admin_key.read_bytes(),
+            cluster="nftpolicy-test",
+            user="admin",
+        )
         self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
         self.kubeconfig.chmod(0o600)
 

@@ -75,7 +75,7 @@ PROTOCOLS: tuple[str, ...] = ("TCP", "UDP")
 ALL_PODS: tuple[str, ...] = tuple(f"{ns}/{pod}" for ns in NAMESPACES for pod in POD_NAMES)
 """The 9 pods in upstream order (``Model.AllPodStrings``): x/a, x/b, x/c, y/a, ..., z/c."""
 
-AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.56"
 """Server image upstream runs (informational; only used to make the pod dicts valid)."""
 
 Family = Literal[4, 6]

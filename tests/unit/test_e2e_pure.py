@@ -10,11 +10,12 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from e2e import install, kind_config, netpol
+from e2e import install, kind_config, netpol, providers
 from tests.netpol_upstream import model
 from tests.netpol_upstream.cases import (
     CASES,
@@ -40,15 +41,57 @@ def test_e2e_modules_import_without_kind_or_docker(monkeypatch: pytest.MonkeyPat
     for name in (
         "e2e.conftest",
         "e2e.test_00_baseline",
+        "e2e.test_05_install",
         "e2e.test_10_upstream",
         "e2e.test_20_failures",
         "e2e.cluster",
+        "e2e.providers",
     ):
         monkeypatch.delitem(sys.modules, name, raising=False)
         importlib.import_module(name)
-    conftest = sys.modules["e2e.conftest"]
-    assert conftest.KindCluster is None
-    assert "not installed" in (conftest.unavailable_reason() or "")
+    assert "not installed" in (sys.modules["e2e.providers"].kind_unavailable_reason() or "")
+
+
+# ---- providers ---------------------------------------------------------------------------------
+
+
+def node(name: str, ready: bool = True, **spec: Any) -> dict[str, Any]:
+    status = "True" if ready else "False"
+    return {
+        "metadata": {"name": name},
+        "spec": spec,
+        "status": {"conditions": [{"type": "Ready", "status": status}]},
+    }
+
+
+def test_the_model_goes_on_ready_schedulable_nodes() -> None:
+    nodes = {
+        "items": [
+            node("n3"),
+            node("n1"),
+            node(
+                "cp",
+                taints=[{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
+            ),
+            node("down", ready=False),
+            node("cordoned", unschedulable=True),
+            node("preferred", taints=[{"key": "k", "effect": "PreferNoSchedule"}]),
+        ]
+    }
+    assert providers.schedulable_nodes(nodes) == ["n1", "n3", "preferred"]
+    assert providers.pick_nodes(nodes) == ["n1", "n3", "preferred"]
+    assert providers.pick_nodes(nodes, ["n3", "n1"]) == ["n3", "n1"]
+    with pytest.raises(ValueError, match=r"names \['cp'\], which are not Ready schedulable"):
+        providers.pick_nodes(nodes, ["cp", "n1"])
+    with pytest.raises(ValueError, match="needs two Ready schedulable nodes"):
+        providers.pick_nodes({"items": [node("n1"), node("down", ready=False)]})
+
+
+def test_a_given_cluster_keeps_its_images_and_nodes(tmp_path: Path) -> None:
+    p = providers.KubeconfigProvider(tmp_path / "kubeconfig", ("b", "a"))
+    assert p.pull_policy == "IfNotPresent"
+    p.load_image("nftpolicy:e2e")  # nothing to do: the image is on the nodes or pullable
+    assert p.nodes({"items": [node("a"), node("b"), node("c")]}) == ["b", "a"]
 
 
 # ---- kind config -------------------------------------------------------------------------------
