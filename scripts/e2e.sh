@@ -29,7 +29,7 @@ NODES=${NFTPOLICY_E2E_NODES_COUNT:-3}
 PROCS=${NFTPOLICY_E2E_PROCS:-3}
 IMAGE=nftpolicy:e2e
 REPORT_DIR=${NFTPOLICY_E2E_REPORT_DIR:-$(mktemp -d /tmp/nftpolicy-e2e.XXXXXX)}
-E2E_APT_PACKAGES=(containerd runc containernetworking-plugins busybox-static podman mmdebstrap
+E2E_APT_PACKAGES=(containerd runc containernetworking-plugins busybox-static podman mmdebstrap libc6-dev
     openssl socat util-linux)
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
