@@ -27,7 +27,6 @@ import http.client
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from controller.testing.support import (
     PkiError,
     free_port,
     kubeconfig,
+    probe_readyz,
     tail,
 )
 
@@ -496,29 +496,10 @@ class TestControlPlane:
             "kube-apiserver", self._apiserver, self.apiserver_log, self._probe_apiserver
         )
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _probe_apiserver(self) -> str | None:
         pki = self._pki
         assert pki is not None
-        ctx = ssl.create_default_context(cafile=str(pki.ca_crt))
-        ctx.load_cert_chain(str(pki.admin_crt), str(pki.admin_key))
-        return ctx
-
-    def _probe_apiserver(self) -> str | None:
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", self._port, timeout=5, context=self._ssl_context()
-        )
-        try:
-            conn.request("GET", "/readyz")
-            resp = conn.getresponse()
-            body = resp.read().decode(errors="replace")
-        except (OSError, http.client.HTTPException) as exc:
-            return f"GET /readyz: {exc}"
-        finally:
-            conn.close()
-        if resp.status == 200:
-            return None
-        failing = [ln for ln in body.splitlines() if "failed" in ln]
-        return f"GET /readyz: {resp.status} {'; '.join(failing)[:300] or body.strip()[:300]}"
+        return probe_readyz(self._port, pki.ca_crt, pki.admin_crt, pki.admin_key)
 
     def _write_kubeconfig(self) -> None:
         pki = self._pki

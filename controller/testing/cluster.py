@@ -28,12 +28,10 @@ import argparse
 import contextlib
 import fcntl
 import functools
-import http.client
 import json
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import tarfile
@@ -54,7 +52,14 @@ from controller.testing.cluster_config import (
     NodePlan,
     ProcessRecord,
 )
-from controller.testing.support import CertificateAuthority, PkiError, free_port, kubeconfig, tail
+from controller.testing.support import (
+    CertificateAuthority,
+    PkiError,
+    free_port,
+    kubeconfig,
+    probe_readyz,
+    tail,
+)
 
 __all__ = ["Cluster", "ClusterError", "main"]
 
@@ -528,28 +533,9 @@ class Cluster:
                 raise ClusterError(f"{what}: not done after {timeout:.0f} s ({why}); read {logs}")
             time.sleep(_POLL)
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        pki = self._fresh_plan().pki
-        ctx = ssl.create_default_context(cafile=str(pki("ca.crt")))
-        ctx.load_cert_chain(str(pki("admin.crt")), str(pki("admin.key")))
-        return ctx
-
     def _probe_readyz(self, port: int) -> str | None:
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", port, timeout=5, context=self._ssl_context()
-        )
-        try:
-            conn.request("GET", "/readyz")
-            resp = conn.getresponse()
-            body = resp.read().decode(errors="replace")
-        except (OSError, http.client.HTTPException) as exc:
-            return f"GET /readyz: {exc or type(exc).__name__}"
-        finally:
-            conn.close()
-        if resp.status == 200:
-            return None
-        failing = [ln for ln in body.splitlines() if "failed" in ln]
-        return f"GET /readyz: {resp.status} {'; '.join(failing)[:300]}"
+        pki = self._fresh_plan().pki
+        return probe_readyz(port, pki("ca.crt"), pki("admin.crt"), pki("admin.key"))
 
     def _api(self) -> Any:
         """A kubernetes ``CoreV1Api`` with the admin kubeconfig (imported late: the CLI's

@@ -1,14 +1,17 @@
 """Helpers shared by the test-environment runners (``apiserver.py``, ``cluster.py``).
 
 A certificate authority driven by the openssl CLI (no Python crypto dependency: openssl is on
-every machine these runners need), kubeconfig documents, free loopback ports and log tails.
+every machine these runners need), kubeconfig documents, free loopback ports, log tails and
+the API server's readiness probe.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import shutil
 import socket
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +23,31 @@ __all__ = [
     "PkiError",
     "free_port",
     "kubeconfig",
+    "probe_readyz",
     "tail",
 ]
 
 LOG_TAIL_LINES = 40
+
+
+def probe_readyz(port: int, ca: Path, cert: Path, key: Path) -> str | None:
+    """GET https://127.0.0.1:``port``/readyz with a client certificate: None when ready, else
+    one line saying why not (the failing checks, or the connection error)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        conn.request("GET", "/readyz")
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException) as exc:
+        return f"GET /readyz: {exc or type(exc).__name__}"
+    finally:
+        conn.close()
+    if resp.status == 200:
+        return None
+    failing = [ln for ln in body.splitlines() if "failed" in ln]
+    return f"GET /readyz: {resp.status} {'; '.join(failing)[:300] or body.strip()[:300]}"
 
 
 class PkiError(RuntimeError):
