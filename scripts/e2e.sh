@@ -107,6 +107,7 @@ heartbeat=$!
 } 2>&1 | tee "$REPORT_DIR/upstream-netpol.log" | grep -E --line-buffered \
     '^(Ran [0-9]+ of|SUCCESS!|FAIL!|Ginkgo ran)|\[FAIL\]|Summarizing' >&2 || true
 rc=$(cat "$REPORT_DIR/upstream-netpol.rc")
+pkill -P "$heartbeat" 2>/dev/null || true # its sleep first: left behind, it holds our stdout
 kill "$heartbeat" 2>/dev/null || true
 summary=$(grep -E '^Ran [0-9]+ of [0-9]+ Specs|^(SUCCESS|FAIL)!' "$REPORT_DIR/upstream-netpol.log" | tr '\n' ' ')
 results+=("upstream Netpol: ${summary:-no summary} (exit $rc)")
