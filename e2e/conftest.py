@@ -26,7 +26,16 @@ from typing import Any
 import pytest
 
 from e2e import install, kind_config
-from e2e.cluster import Kubectl, Model, Prober, create_model, diagnostics, pods, ready
+from e2e.cluster import (
+    Kubectl,
+    Model,
+    Prober,
+    create_model,
+    diagnostics,
+    eventually,
+    pods,
+    ready,
+)
 from e2e.providers import KindProvider, KubeconfigProvider, Provider, kind_unavailable_reason
 
 IP_FAMILY = os.environ.get("NFTPOLICY_E2E_IP_FAMILY", "ipv4")
@@ -124,11 +133,19 @@ def nftpolicy(provider: Provider, k: Kubectl, model_cluster: Model) -> Model:
     )
     _state["installed"] = True
     assert helm.returncode == 0, f"helm install failed:\n{helm.stdout}{helm.stderr}"
-    all_nodes = [n["metadata"]["name"] for n in k.json("get", "nodes")["items"]]
-    agents = [p for p in pods(k, install.AGENT_SELECTOR) if ready(p)]
-    assert sorted(p["spec"]["nodeName"] for p in agents) == sorted(all_nodes), agents
-    operators = [p for p in pods(k, install.OPERATOR_SELECTOR) if ready(p)]
-    assert len(operators) == 2, operators
+    # helm --wait counts a DaemonSet ready with desired - maxUnavailable (1) pods Ready, so
+    # one agent may still be starting: wait for every node's agent and both operators.
+    all_nodes = sorted(n["metadata"]["name"] for n in k.json("get", "nodes")["items"])
+
+    def agents_on_every_node() -> bool:
+        agents = [p for p in pods(k, install.AGENT_SELECTOR) if ready(p)]
+        return sorted(p["spec"]["nodeName"] for p in agents) == all_nodes
+
+    def both_operators() -> bool:
+        return len([p for p in pods(k, install.OPERATOR_SELECTOR) if ready(p)]) == 2
+
+    eventually(agents_on_every_node, 180, f"a Ready agent on each of {all_nodes}")
+    eventually(both_operators, 180, "two Ready operator replicas")
     return model_cluster
 
 
