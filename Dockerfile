@@ -9,22 +9,29 @@
 #   [bootstrap:apt]     APT_PACKAGES, installed with
 #                       `apt-get update -qq; apt-get install -y -qq --no-install-recommends ...`
 #   [bootstrap:python]  the "need Python >= 3.11" check (Debian bookworm's python3 is 3.11)
-#   [bootstrap:venv]    `python3 -m venv`, `pip install -q --upgrade pip`, `pip install -q ...`
-# Differences, on purpose: the image installs the package itself, not editable and without
-# the [test] extra; it installs only the apt packages each stage needs (build tools in the
-# builder, runtime libraries in the final stage), plus python3 itself, which bootstrap.sh
-# expects to be there already.
+#   [bootstrap:venv]    `python3 -m venv`, then `pip install --require-hashes --only-binary :all:`
+#                       of requirements/build.lock (pip, setuptools) and of a dependency lock,
+#                       then the package itself with `--no-deps --no-build-isolation`
+# Differences, on purpose: the image installs requirements/runtime.lock (bootstrap.sh:
+# requirements/test.lock, the same versions plus the test tools) and the package itself not
+# editable; it installs only the apt packages each stage needs, plus python3 itself, which
+# bootstrap.sh expects to be there already. Every Python file is hash-checked against the locks
+# and is a wheel, so no build step fetches anything (scripts/lock.sh writes the locks).
 
-ARG DEBIAN_IMAGE=debian:bookworm-slim
+# The base, pinned by the digest of its multi-arch index (debian:bookworm-20260824-slim, as
+# published on Docker Hub) so that a moved tag cannot change the image. To update it, take the
+# index digest of the new tag (`docker buildx imagetools inspect debian:bookworm-slim`, or
+# `crane digest`) and replace it here. The local e2e build (controller/testing/images.py)
+# overrides it with a base made by mmdebstrap (--build-arg DEBIAN_IMAGE=...).
+ARG DEBIAN_IMAGE=debian:bookworm-slim@sha256:88200866dfff7ea7f5cbcb6ec7c8a701889efe6fe859fe64d6990e4b07ea4171
 
 # ---- builder: a virtualenv with nftpolicy and its dependencies -------------------------------
 FROM ${DEBIAN_IMAGE} AS builder
 
-# [bootstrap:apt] the build subset of APT_PACKAGES (gcc, for a dependency without a wheel)
-# plus python3 and its venv module.
+# [bootstrap:apt] python3 and its venv module; no compiler: the locks hold wheels only.
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        python3 python3-venv python3-dev gcc libc6-dev >/dev/null \
+        python3 python3-venv >/dev/null \
     && rm -rf /var/lib/apt/lists/*
 
 # [bootstrap:python]
@@ -32,13 +39,18 @@ RUN python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "need Python >= 3.11, python3 is $(python3 --version 2>&1)" >&2; exit 1; }
 
 WORKDIR /src
+# [bootstrap:venv] the locked dependencies first (their layer stays cached while only the
+# sources change), then the package
+COPY requirements/build.lock requirements/runtime.lock ./requirements/
+RUN python3 -m venv /opt/nftpolicy \
+    && /opt/nftpolicy/bin/pip install -q --no-cache-dir --require-hashes --only-binary :all: \
+        -r requirements/build.lock \
+    && /opt/nftpolicy/bin/pip install -q --no-cache-dir --require-hashes --only-binary :all: \
+        -r requirements/runtime.lock
 COPY pyproject.toml ./
 COPY controller ./controller
-
-# [bootstrap:venv] (bootstrap.sh: `.venv/bin/pip install -q -e '.[test]'`)
-RUN python3 -m venv /opt/nftpolicy \
-    && /opt/nftpolicy/bin/pip install -q --no-cache-dir --upgrade pip \
-    && /opt/nftpolicy/bin/pip install -q --no-cache-dir . \
+RUN /opt/nftpolicy/bin/pip install -q --no-cache-dir --no-deps --no-build-isolation \
+        --check-build-dependencies . \
     && /opt/nftpolicy/bin/nftpolicy --help >/dev/null
 
 # ---- runtime: python3, libnftables1 and the virtualenv; no compiler, no pip cache ------------

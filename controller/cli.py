@@ -7,23 +7,29 @@ problems exit with code 1 and say what is missing. No tracebacks for expected fa
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from controller.agent.kernel import Kernel, KernelError, NftablesUnavailable
 from controller.agent.nft_text import to_text
 from controller.agent.render import RenderOptions, render
+from controller.agent.saved_ruleset import DEFAULT_DIR as DEFAULT_STATE_DIR
 from controller.compiler import compile_objects, groups_for
 from controller.gc_tuning import tune_for_large_heaps
 from controller.kube.config import api_client
 from controller.manifests import ManifestError, load_objects
+from controller.metrics import ListenError
 from controller.model import ParseError
 from controller.model.config import DefaultDeny
 from controller.model.direction import parse_direction_set
+from controller.model.dns import cluster_dns
+from controller.model.node import IPNetwork
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -57,9 +63,39 @@ def _add_ruleset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-dns-allowance",
         action="store_true",
-        help="default deny also blocks egress to port 53",
+        help="default deny also blocks egress to the cluster's DNS",
     )
+    _add_dns_args(p)
     p.add_argument("--no-log", action="store_true", help="do not NFLOG dropped packets")
+
+
+def _add_dns_args(p: argparse.ArgumentParser) -> None:
+    """Where default deny's DNS allowance leads (``model/config.py`` ClusterDNS)."""
+    p.add_argument(
+        "--dns-namespace",
+        default="kube-system",
+        metavar="NS",
+        help="namespace of the cluster DNS pods and Services (default: kube-system)",
+    )
+    p.add_argument(
+        "--dns-pod-selector",
+        default="k8s-app=kube-dns",
+        metavar="K=V,...",
+        help="labels of the cluster DNS pods (default: k8s-app=kube-dns)",
+    )
+    p.add_argument(
+        "--dns-service-selector",
+        default="k8s-app=kube-dns",
+        metavar="K=V,...",
+        help="labels of the cluster DNS Services (default: k8s-app=kube-dns)",
+    )
+    p.add_argument(
+        "--dns-address",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="a DNS server elsewhere, allowed on port 53 (repeatable; e.g. node-local DNS)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     operator_p.add_argument("--exempt-namespace", action="append", default=None, metavar="NS")
     operator_p.add_argument("--no-dns-allowance", action="store_true")
+    _add_dns_args(operator_p)
     operator_p.add_argument("--lease-namespace", default="kube-system")
     operator_p.add_argument("--identity", help="leader-election identity (default: hostname-pid)")
     operator_p.add_argument(
@@ -107,6 +144,37 @@ def _parser() -> argparse.ArgumentParser:
     agent_p.add_argument("--resync-period", type=float, default=30.0, metavar="SECONDS")
     agent_p.add_argument("--no-conntrack-cleanup", action="store_true")
     agent_p.add_argument("--no-log", action="store_true", help="do not NFLOG dropped packets")
+    agent_p.add_argument(
+        "--unknown-endpoints",
+        choices=("drop", "allow"),
+        default="drop",
+        help="new connections from or to an address of this node's pod ranges that no known "
+        "local pod has: drop (default; a new pod waits for its node's rules) or allow",
+    )
+    agent_p.add_argument(
+        "--pod-cidrs",
+        type=_cidr_list,
+        default=None,
+        metavar="CIDR,...",
+        help="this node's pod ranges, replacing the Node's spec.podCIDRs (for CNIs that "
+        "allocate otherwise); never the whole cluster's range: other nodes' pods are unknown",
+    )
+    agent_p.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help="keep the last applied ruleset here and load it at start when the kernel has no "
+        f"table (after a reboot); empty: keep nothing (default {DEFAULT_STATE_DIR})",
+    )
+    agent_p.add_argument(
+        "--daemonset",
+        type=_namespaced_name,
+        default=None,
+        metavar="NAMESPACE/NAME",
+        help="the agent's own DaemonSet, watched so that on SIGTERM the agent removes its table "
+        "and saved ruleset if the DaemonSet was deleted (uninstall), never otherwise "
+        "(default: none; a stop always keeps them)",
+    )
     sandbox_p = sub.add_parser(
         "sandbox",
         help="run everything locally (API server, netns nodes and pods, operator, agents)",
@@ -131,7 +199,34 @@ def _parser() -> argparse.ArgumentParser:
             metavar="PORT",
             help="serve /metrics (Prometheus text) and /healthz on this port (default 0: off)",
         )
+        p.add_argument(
+            "--metrics-address",
+            default="0.0.0.0",
+            metavar="IP",
+            help="listen on this IP address only (default 0.0.0.0: every IPv4 address; :: for "
+            "IPv6 and IPv4)",
+        )
     return parser
+
+
+def _namespaced_name(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
+    return namespace, name
+
+
+def _cidr_list(text: str) -> tuple[IPNetwork, ...]:
+    """``--pod-cidrs``: comma-separated CIDRs, host bits zero (a typo is refused, not masked)."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            out.append(ipaddress.ip_network(item))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a CIDR: {e}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("no CIDR given (omit the option to use the Node's)")
+    return tuple(out)
 
 
 def _default_deny(args: argparse.Namespace) -> DefaultDeny:
@@ -140,6 +235,9 @@ def _default_deny(args: argparse.Namespace) -> DefaultDeny:
     return DefaultDeny(
         directions=directions,
         allow_dns=not args.no_dns_allowance,
+        dns=cluster_dns(
+            args.dns_namespace, args.dns_pod_selector, args.dns_service_selector, args.dns_address
+        ),
         **({"exempt_namespaces": exempt} if exempt is not None else {}),
     )
 
@@ -156,6 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
         run_operator(
             api_client(args.kubeconfig),
             args.metrics_port,
+            args.metrics_address,
             OperatorConfig(
                 default_deny=_default_deny(args),
                 lease_namespace=args.lease_namespace,
@@ -171,17 +270,29 @@ def _serve(args: argparse.Namespace) -> int:
         netns=args.netns,
         resync_period=args.resync_period,
         conntrack_cleanup=not args.no_conntrack_cleanup,
-        render=RenderOptions(log_group=None) if args.no_log else RenderOptions(),
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        daemonset=args.daemonset,
+        render=RenderOptions(
+            log_group=None if args.no_log else RenderOptions.log_group,
+            unknown_endpoints=args.unknown_endpoints,
+            pod_cidrs=args.pod_cidrs,
+        ),
     )
     try:
         agent = Agent(api_client(args.kubeconfig), config)
         if args.metrics_port:
-            agent.metrics.serve(args.metrics_port)
+            agent.metrics.serve(args.metrics_port, args.metrics_address)
         agent.run_forever()
     except KernelError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    return 0
+    # Stopped by SIGTERM, uninstall done or not (agent.terminate): end now. Finalizing the
+    # interpreter around the watch threads (daemon threads, blocked in socket reads) once
+    # ended in SIGABRT; before terminate existed, SIGTERM killed the process outright.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _warn(line: str) -> None:
@@ -222,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ParseError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except ListenError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
     try:
         ruleset = _build(args)
     except (ManifestError, ParseError) as e:

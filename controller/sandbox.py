@@ -133,7 +133,15 @@ def run_sandbox(paths: Sequence[str] | None, keep: bool, out: TextIO = sys.stdou
             for node in nodes:
                 procs.start(
                     f"agent-{node.name}",
-                    ["agent", "--node", node.name, "--netns", net.node_netns(node.name)],
+                    [
+                        "agent",
+                        "--node",
+                        node.name,
+                        "--netns",
+                        net.node_netns(node.name),
+                        "--state-dir",
+                        str(logs / "state"),
+                    ],
                 )
             print(
                 "\nbefore (no NetworkPolicy):\n" + render_matrix(pods, matrix(net, pods)), file=out

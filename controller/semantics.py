@@ -22,7 +22,8 @@ from controller.model import (
     PolicyPort,
     Protocol,
 )
-from controller.model.config import DNS_PORT, DefaultDeny
+from controller.model.config import DefaultDeny
+from controller.model.dns import DnsService, dns_endpoints, is_dns_pod
 from controller.model.limits import too_large
 from controller.model.namespaces import default_deny_directions, namespace_labels
 from controller.model.pod import IPAddress
@@ -37,6 +38,7 @@ class Snapshot:
     nodes: Mapping[str, Node] = field(default_factory=dict)
     policies: tuple[NetworkPolicy, ...] = ()
     default_deny: DefaultDeny = DefaultDeny()
+    dns_services: tuple[DnsService, ...] = ()  # the Services the DNS watch reports
 
     @classmethod
     def of(
@@ -151,14 +153,23 @@ def _direction(
         denied_by_default
         and direction is Direction.EGRESS
         and snap.default_deny.allow_dns
-        and port == DNS_PORT
-        and protocol in (Protocol.UDP, Protocol.TCP)
+        and _is_dns(snap, peer_ip, peer_pod, protocol, port)
     ):
         reasons.append("default-deny DNS allowance")
     if reasons:
         return DirectionVerdict(direction, True, True, tuple(reasons))
     why = [p.key for p in selecting] + (["default-deny"] if denied_by_default else [])
     return DirectionVerdict(direction, True, False, tuple(f"isolated by {w}" for w in why))
+
+
+def _is_dns(
+    snap: Snapshot, peer_ip: IPAddress, peer_pod: Pod | None, protocol: Protocol, port: int
+) -> bool:
+    """Is ``peer_ip:port`` the cluster's DNS (``model/dns.py``): a DNS pod that owns the
+    address, on the port the DNS Services target, or a DNS Service or configured address?"""
+    dns = snap.default_deny.dns
+    pods = [peer_pod] if peer_pod is not None and is_dns_pod(dns, peer_pod) else []
+    return (protocol, peer_ip, port) in dns_endpoints(dns, pods, snap.dns_services)
 
 
 def _peer_matches(

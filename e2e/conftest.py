@@ -39,7 +39,7 @@ from e2e.cluster import (
 from e2e.providers import KindProvider, KubeconfigProvider, Provider, kind_unavailable_reason
 
 IP_FAMILY = os.environ.get("NFTPOLICY_E2E_IP_FAMILY", "ipv4")
-IMAGE = os.environ.get("NFTPOLICY_E2E_IMAGE", install.DEFAULT_IMAGE)
+IMAGE = install.IMAGE
 REQUIRED = os.environ.get("NFTPOLICY_E2E_REQUIRED") == "1"
 KEEP = os.environ.get("NFTPOLICY_E2E_KEEP") == "1"
 KUBECONFIG = os.environ.get("NFTPOLICY_E2E_KUBECONFIG", "")

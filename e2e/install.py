@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -9,6 +10,7 @@ CHART = ROOT / "charts" / "nftpolicy"
 RELEASE = "nftpolicy"
 NAMESPACE = "nftpolicy-system"
 DEFAULT_IMAGE = "nftpolicy:e2e"
+IMAGE = os.environ.get("NFTPOLICY_E2E_IMAGE", DEFAULT_IMAGE)  # the image under test
 OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
 AGENT_SELECTOR = "app.kubernetes.io/component=agent"
 LEASE = "nftpolicy-operator"

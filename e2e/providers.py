@@ -147,7 +147,7 @@ def kind_unavailable_reason() -> str | None:
     try:
         import pytest_kind  # noqa: F401
     except ImportError:
-        return "pytest-kind is not installed (pip install -e '.[test]')"
+        return "pytest-kind is not installed (scripts/bootstrap.sh)"
     info = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
     if info.returncode != 0:
         return f"docker is not usable: {info.stderr.strip()[:200]}"

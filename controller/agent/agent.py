@@ -4,9 +4,25 @@ Start-up leaves any existing table untouched until both watches have listed and 
 is there; then it swaps the table in one transaction. A group the rules refer to that has not
 arrived is waited for ``missing_group_grace`` seconds, then enforced as empty (fail closed,
 ``progress.py``) so that one lost group never stalls the node. When the API is unreachable the
-informers retry while the kernel keeps enforcing the last applied state. A periodic check
-repairs drift (e.g. someone deleting the table) and every apply is followed by removing
-established flows the new rules no longer allow.
+informers retry while the kernel keeps enforcing the last applied state. Every apply is
+followed by removing established flows the new rules no longer allow.
+
+Surviving the node: after each apply the ruleset is saved on the host (``--state-dir``,
+``saved_ruleset.py``). At start, before anything talks to the API server, the agent loads it
+if the kernel has no table of ours (a reboot), so the node enforces the last known state even
+with the API server away; then it syncs and swaps as usual. A table already there is newer
+than or equal to the file (the file is written after the apply) and is kept. A file that
+cannot be used is logged and replaced by a table that drops every new forwarded connection
+until the first sync (``saved_ruleset.stand_in``), never by nothing. A failed save does not
+hold up applies: it is counted, logged and reported in the NodeRules status.
+
+Uninstall: on SIGTERM the agent stops applying, then removes the table and the saved file
+only if the watch of its own DaemonSet (``--daemonset``) saw that deleted; a restart, or any
+doubt, keeps both (``uninstall.py``).
+
+Drift: right after each apply the table is listed and its digest (``drift.py``) remembered;
+every ``drift_check_period`` it is listed again and any difference (a rule added, a set
+flushed, the table deleted) is repaired by applying the last ruleset again.
 
 Health (``/healthz``, liveness): a watch that heard nothing from the API server for
 ``stale_after`` seconds, applies that have kept failing for ``apply_failure_grace`` seconds, a
@@ -17,20 +33,29 @@ apply thread. ``/readyz`` also waits for the first apply after start.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.agent import conntrack
+from controller.agent import conntrack, drift, saved_ruleset, uninstall
 from controller.agent.kernel import Kernel, KernelError
 from controller.agent.progress import GenerationLag, MissingGroups, stand_ins
-from controller.agent.render import RenderOptions, render
+from controller.agent.render import (
+    FAMILY,
+    TABLE,
+    UNKNOWN_COUNTER,
+    RenderOptions,
+    render,
+    unknown_endpoints_in_force,
+)
 from controller.agent.verdict import Ruleset
 from controller.agent.view import AgentView
 from controller.kube import timeouts
@@ -49,6 +74,7 @@ from controller.resources import (
 log = logging.getLogger(__name__)
 
 CONNTRACK_ATTEMPTS = 3  # clean-up passes after an apply that narrowed what is allowed
+STOP_APPLY_WAIT = 5.0  # seconds a stop waits for an apply in progress (chart: grace period)
 STATUS_RETRY = 5.0  # seconds between attempts to write a status the API server refused
 
 
@@ -57,7 +83,13 @@ class AgentConfig:
     node: str
     netns: str | None = None  # apply in this network namespace (tests); None: our own
     resync_period: float = 30.0  # full re-apply, repairing any drift
-    drift_check_period: float = 2.0  # cheap check that our table is still there
+    # List the table and compare its digest this often: a change behind our back is repaired
+    # within this period plus one listing and one apply (bound: 2 s; costs in README).
+    drift_check_period: float = 1.0
+    state_dir: Path | None = None  # keep the last applied ruleset here (None: nowhere)
+    # (namespace, name) of the agent's own DaemonSet: watched so that SIGTERM removes the table
+    # and saved ruleset only when it was deleted (uninstall.py). None: a stop never removes.
+    daemonset: tuple[str, str] | None = None
     conntrack_cleanup: bool = True
     render: RenderOptions = RenderOptions()
     debounce: float = 0.02  # batch events that arrive together into one transaction
@@ -82,7 +114,12 @@ class Agent:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._applied: dict[str, Any] | None = None
-        self._applied_chains: frozenset[str] = frozenset()
+        # What is in the kernel by our hand (applied, or restored from disk at start) and the
+        # digest of its listing right after; the drift check compares against it.
+        self._in_force: dict[str, Any] | None = None
+        self._in_force_digest: str | None = None
+        self._save_error: str | None = None
+        self._check_seconds = 0.0  # what the last listing + digest took
         self._applied_at = 0.0
         self._reported: tuple[int | None, str | None] = (None, None)
         self._waiting_logged = False
@@ -91,6 +128,12 @@ class Agent:
         self._lag = GenerationLag()
         self._failing: tuple[float, str] | None = None  # applies failing since, last error
         self._ready = False  # the first apply after start is done
+        # Unknown endpoints: what the table in force does with them ("drop", "allow",
+        # "inactive": no pod ranges known), and the drops counted by the tables it replaced
+        # (each swap restarts the kernel's counter).
+        self._unknown: str | None = None
+        self._unknown_drops_before = 0
+        self._known_pods: frozenset[str] = frozenset()  # local pods of the rules in force
         self.informers = [
             Informer(
                 f"noderules/{config.node}",
@@ -113,6 +156,22 @@ class Agent:
                 version=VERSION,
             ),
         ]
+        # Uninstall versus restart (uninstall.py). Not one of ``informers``: it neither holds up
+        # applies nor fails a health check (without RBAC for it the agent still enforces; it
+        # only keeps its table at uninstall).
+        self._watched: uninstall.Watched | None = None
+        self._daemonset: Informer | None = None
+        if config.daemonset is not None:
+            namespace, name = config.daemonset
+            self._watched = uninstall.Watched(f"{namespace}/{name}")
+            self._daemonset = Informer(
+                f"daemonset/{namespace}/{name}",
+                self._noting_failures(client.AppsV1Api(api).list_namespaced_daemon_set),
+                lambda objects: self._observe(uninstall.observe_list, list(objects.values())),
+                lambda kind, body: self._observe(uninstall.observe_event, kind, body),
+                namespace=namespace,
+                field_selector=f"metadata.name={name}",
+            )
         self._worker = threading.Thread(target=self._loop, name="agent-apply", daemon=True)
         self._status = _StatusWriter(config.node, self._write_status)
         self.metrics = Metrics("nftpolicy_agent")
@@ -121,11 +180,35 @@ class Agent:
             ("apply_errors_total", "counter", "nftables transactions refused"),
             ("apply_seconds", "gauge", "duration of the last render + transaction"),
             ("applied_generation", "gauge", "NodeRules generation in force"),
-            ("pods", "gauge", "isolated local pods in force"),
+            ("pods", "gauge", "local pods in force (isolated or not)"),
             ("policies", "gauge", "policies in force on this node"),
             ("drift_repairs_total", "counter", "tables restored after a change behind our back"),
+            ("drift_check_seconds", "gauge", "duration of the last listing + digest of the table"),
+            ("state_saves_total", "counter", "rulesets saved on the host after an apply"),
+            ("state_save_errors_total", "counter", "rulesets that could not be saved on the host"),
+            (
+                "state_restored",
+                "gauge",
+                "1: the saved ruleset was loaded at start; -1: it was unusable, a drop-all "
+                "stand-in was loaded; 0: neither",
+            ),
             ("conntrack_removed_total", "counter", "established flows removed after a change"),
+            (
+                "uninstall_on_stop",
+                "gauge",
+                "1: the agent's DaemonSet was deleted, a stop removes the table and saved ruleset",
+            ),
             ("missing_groups", "gauge", "groups the rules need that are missing, enforced empty"),
+            (
+                "unknown_endpoint_drops_total",
+                "counter",
+                "new connections dropped: an address of the node's pod ranges no local pod has",
+            ),
+            (
+                "unknown_endpoint_protection",
+                "gauge",
+                "1: unknown endpoints are dropped; 0: allowed, or no pod ranges known (inactive)",
+            ),
             (
                 "fail_closed_applies_total",
                 "counter",
@@ -215,9 +298,12 @@ class Agent:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> Agent:
+        self._restore()  # first: a rebooted node enforces before the API server is reachable
         missing = self.kernel.missing_features()
         if missing:
             raise KernelError("this kernel lacks: " + "; ".join(missing))
+        if self._daemonset is not None:
+            self._daemonset.start()
         for informer in self.informers:
             informer.start()
         self._status.start()
@@ -229,18 +315,112 @@ class Agent:
         self._dirty.set()
         for informer in self.informers:
             informer.stop()
+        if self._daemonset is not None:
+            self._daemonset.stop()
         self._status.stop()
-        self._worker.join(timeout=5)
+        self._worker.join(timeout=STOP_APPLY_WAIT)
 
     def run_forever(self) -> None:
+        """Run until SIGTERM (or Ctrl-C), then ``terminate``."""
+        # Blocked before any thread starts (threads inherit the mask) and taken by sigwait: no
+        # handler runs in the middle of the main thread's work.
+        signals = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         self.start()
         try:
-            while not self._stop.wait(3600):
-                pass
-        except KeyboardInterrupt:
-            pass
+            received = signal.sigwait(signals)
+            log.info("node %s: %s received", self.config.node, signal.Signals(received).name)
         finally:
-            self.stop()
+            self.terminate()
+
+    def terminate(self) -> None:
+        """Stop applying, then remove the table and the saved ruleset if the agent's DaemonSet
+        was deleted (an uninstall), else keep both (``uninstall.py``). The watches are left to
+        end with the process: joining them can take seconds, which the grace period lacks."""
+        self._stop.set()
+        self._dirty.set()
+        self._worker.join(timeout=STOP_APPLY_WAIT)
+        with self._lock:
+            decision = uninstall.decide(self._watched)
+        if decision.remove and self._worker.is_alive():
+            decision = uninstall.Decision(
+                False, f"an apply still running after {STOP_APPLY_WAIT:.0f} s", uncertain=True
+            )
+        node = self.config.node
+        if decision.remove:
+            log.warning(
+                "node %s: stopping: removing the table and saved ruleset: %s", node, decision.why
+            )
+            self._remove_all()
+            return
+        log.info("node %s: stopping: keeping the table and saved ruleset: %s", node, decision.why)
+        if decision.uncertain and self._watched is not None:
+            log.warning("node %s: if this is an uninstall, %s", node, self._by_hand())
+
+    # ---- uninstall ------------------------------------------------------------------------------
+
+    def _noting_failures(self, list_fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``list_fn`` (list or open a watch of the DaemonSet), noting a failed request as
+        uncertainty: after helm deleted our RoleBinding a re-list is refused, and the
+        DaemonSet may have been re-created meanwhile."""
+
+        def listing(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return list_fn(*args, **kwargs)
+            except Exception as e:
+                why = f"API error {e.status}: {e.reason}" if isinstance(e, ApiException) else e
+                self._observe(uninstall.observe_failure, str(why)[:200])
+                raise
+
+        return listing
+
+    def _observe(self, fold: Callable[..., uninstall.Watched], *args: Any) -> None:
+        """Fold what the DaemonSet watch says into ``_watched``; log when the decision at stop
+        changes."""
+        with self._lock:
+            assert self._watched is not None
+            before = uninstall.decide(self._watched)
+            self._watched = fold(self._watched, *args)
+            after = uninstall.decide(self._watched)
+            unseen = self._watched.listed and self._watched.uid is None
+        self.metrics.set("uninstall_on_stop", 1 if after.remove else 0)
+        node = self.config.node
+        if after.remove and not before.remove:
+            log.warning(
+                "node %s: %s; stopping this agent will remove the table and saved ruleset",
+                node,
+                after.why,
+            )
+        elif before.remove and not after.remove:
+            log.warning("node %s: a stop keeps the table again: %s", node, after.why)
+        elif before.uncertain and not after.uncertain:
+            log.info("node %s: %s; a stop keeps the table unless it is deleted", node, after.why)
+        elif unseen and before.why != after.why:
+            log.warning("node %s: %s; a stop will keep the table", node, after.why)
+
+    def _by_hand(self) -> str:
+        where = self.config.state_dir
+        saved = f"; rm {saved_ruleset.path(where, self.config.node)}" if where else ""
+        return f"remove the rules by hand on this node: nft delete table {FAMILY} {TABLE}{saved}"
+
+    def _remove_all(self) -> None:
+        """The saved file first: a crash in between leaves a table that a reboot clears, not a
+        file that a reboot would load with no agent to update it."""
+        node = self.config.node
+        try:
+            if self.config.state_dir is not None:
+                saved_ruleset.remove(self.config.state_dir, node)
+            removed = self.kernel.remove()
+        except (KernelError, OSError, saved_ruleset.SavedRulesetError) as e:
+            log.error("node %s: uninstall failed: %s; %s", node, e, self._by_hand())
+            return
+        log.warning(
+            "node %s: uninstalled: table %s %s %s, saved ruleset removed",
+            node,
+            FAMILY,
+            TABLE,
+            "removed" if removed else "was not there",
+        )
 
     # ---- the apply loop -------------------------------------------------------------------------
 
@@ -262,11 +442,16 @@ class Agent:
                 self._sync(force=False)
             elif time.monotonic() - self._applied_at >= self.config.resync_period:
                 self._sync(force=True)
-            elif time.monotonic() - last_check >= self.config.drift_check_period:
+            # Also under a steady stream of changes that render the same (no apply).
+            # Listing a table of 10^5 set elements takes seconds: never more than ~10% of a
+            # core on drift checks (the 2 s repair bound then does not hold; see README).
+            period = max(self.config.drift_check_period, 10 * self._check_seconds)
+            if time.monotonic() - max(last_check, self._applied_at) >= period:
                 last_check = time.monotonic()
                 self._check_drift()
+                self._count_unknown_drops()
 
-    def _sync(self, force: bool, cleanup: bool = False) -> None:
+    def _sync(self, force: bool) -> None:
         if not all(i.synced.is_set() for i in self.informers):
             return
         with self._lock:
@@ -287,11 +472,13 @@ class Agent:
             else:
                 ruleset = self.view.ruleset(self.config.render)
         problem = self._fail_closed(missing)
+        self._unknown_endpoints(unknown_endpoints_in_force(rules, self.config.render))
         if not force and ruleset == self._applied:  # a new generation that renders the same
             with self._lock:
                 self._lag.applied(generation)
             self._report(generation, problem, rules.pods, rules.policies)
             return
+        drops = self._read_unknown_drops()  # before the swap restarts the kernel's counter
         started = time.monotonic()
         try:
             self.kernel.apply(ruleset)
@@ -302,11 +489,12 @@ class Agent:
             self._report(generation, str(e)[:1000], rules.pods, rules.policies)
             self._applied_at = time.monotonic()  # retry at the next resync, not in a hot loop
             return
-        # Established flows the new rules deny are removed after every change of rules, after
+        # Established flows the new rules deny are removed after every change of rules and after
         # the first apply of this process (the table it found may be an older, wider one, e.g.
-        # rules changed while the agent was down) and after repairing drift (while the table
-        # was missing or damaged, anything could connect).
-        narrowed = cleanup or ruleset != self._applied
+        # rules changed while the agent was down); ``_check_drift`` does it after a repair.
+        narrowed = ruleset != self._applied
+        if self._in_force is not None:  # ours (not a table some earlier process left)
+            self._unknown_drops_before += drops
         self.metrics.inc("applies_total")
         if missing:
             self.metrics.inc("fail_closed_applies_total")
@@ -315,7 +503,8 @@ class Agent:
         self.metrics.set("pods", len(rules.pods))
         self.metrics.set("policies", len(rules.policies))
         self._applied = ruleset
-        self._applied_chains = _chains(ruleset)
+        self._in_force = ruleset
+        self._in_force_digest = self._digest()
         self._applied_at = time.monotonic()
         self._waiting_logged = False
         self._failing = None
@@ -329,20 +518,101 @@ class Agent:
             len(rules.pods),
             len(rules.policies),
         )
-        if self.config.conntrack_cleanup and narrowed:
-            ips = [ip for pod in rules.pods for ip in pod.ips]
-            # A flow can end between the dump and its deletion: pyroute2 then raises
-            # NetlinkError(ENOENT), which is not an OSError and used to end this thread (no
-            # apply and no status report any more). A fresh pass no longer sees that flow.
-            for attempt in range(1, CONNTRACK_ATTEMPTS + 1):
-                try:
-                    removed = conntrack.remove_disallowed(self.config.netns, Ruleset(ruleset), ips)
-                    self.metrics.inc("conntrack_removed_total", removed)
-                    break
-                except Exception as e:  # noqa: BLE001 - never let clean-up stop the agent
-                    if attempt == CONNTRACK_ATTEMPTS:
-                        log.warning("node %s: conntrack clean-up failed: %s", self.config.node, e)
-        self._report(generation, problem, rules.pods, rules.policies)
+        self._log_new_pods(frozenset(p.key for p in rules.pods))
+        if narrowed:
+            self._remove_flows(ruleset, rules.pods)
+        self._save(ruleset, generation)
+        problems = [p for p in (problem, self._save_error) if p]
+        self._report(generation, "; ".join(problems) or None, rules.pods, rules.policies)
+
+    def _remove_flows(self, ruleset: dict[str, Any], pods: tuple[Any, ...]) -> None:
+        """Remove established flows of local pods that ``ruleset`` does not allow."""
+        if not self.config.conntrack_cleanup:
+            return
+        ips = [ip for pod in pods for ip in pod.ips]
+        # A flow can end between the dump and its deletion: pyroute2 then raises
+        # NetlinkError(ENOENT), which is not an OSError and used to end this thread (no
+        # apply and no status report any more). A fresh pass no longer sees that flow.
+        for attempt in range(1, CONNTRACK_ATTEMPTS + 1):
+            try:
+                removed = conntrack.remove_disallowed(self.config.netns, Ruleset(ruleset), ips)
+                self.metrics.inc("conntrack_removed_total", removed)
+                break
+            except Exception as e:  # noqa: BLE001 - never let clean-up stop the agent
+                if attempt == CONNTRACK_ATTEMPTS:
+                    log.warning("node %s: conntrack clean-up failed: %s", self.config.node, e)
+
+    # ---- the ruleset kept on the host -----------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Load the saved ruleset if the kernel has no table of ours (see the module doc)."""
+        directory = self.config.state_dir
+        if directory is None:
+            return
+        node = self.config.node
+        problem: str | None = None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            saved = saved_ruleset.load(directory, node)
+        except (saved_ruleset.SavedRulesetError, OSError) as e:
+            saved, problem = None, str(e)
+        if self.kernel.read() is not None:
+            if problem:
+                log.error("node %s: %s; keeping the table in the kernel", node, problem)
+            return
+        if saved is None and problem is None:
+            log.info("node %s: no table and no saved ruleset: nothing to enforce yet", node)
+            return
+        if saved is not None:
+            log.warning(
+                "node %s: no table in the kernel (a reboot?): loading the saved ruleset of "
+                "generation %s from %s until the first sync",
+                node,
+                saved.generation,
+                directory,
+            )
+            try:
+                self._load(saved.ruleset, 1)
+                return
+            except KernelError as e:  # e.g. a kernel that lost a feature: do not crash-loop
+                problem = f"the kernel refused the saved ruleset: {e}"
+        log.error(
+            "node %s: no table in the kernel and the saved ruleset is unusable: %s; "
+            "dropping every new forwarded connection until the first sync",
+            node,
+            problem,
+        )
+        try:
+            self._load(saved_ruleset.stand_in(self.config.render.priority), -1)
+        except KernelError as e:  # the first sync will retry, and report
+            log.error("node %s: loading the drop-all stand-in failed too: %s", node, e)
+
+    def _load(self, ruleset: dict[str, Any], restored: int) -> None:
+        self.kernel.apply(ruleset)
+        self._in_force = ruleset
+        self._in_force_digest = self._digest()
+        self.metrics.set("state_restored", restored)
+
+    def _save(self, ruleset: dict[str, Any], generation: int | None) -> None:
+        """Keep ``ruleset`` on the host; a failure is counted and reported, never raised."""
+        directory = self.config.state_dir
+        if directory is None:
+            return
+        try:
+            saved_ruleset.save(
+                directory, saved_ruleset.SavedRuleset(self.config.node, generation, ruleset)
+            )
+        except (OSError, saved_ruleset.SavedRulesetError) as e:
+            self.metrics.inc("state_save_errors_total")
+            error = f"rules applied, but saving them to {directory} failed: {e}"
+            if error != self._save_error:
+                log.error("node %s: %s", self.config.node, error)
+            self._save_error = error[:300]
+            return
+        self.metrics.inc("state_saves_total")
+        if self._save_error:
+            log.warning("node %s: the ruleset is saved again", self.config.node)
+        self._save_error = None
 
     def _fail_closed(self, missing: frozenset[str]) -> str | None:
         """Log (once per change of the set), count and describe groups enforced as empty."""
@@ -365,25 +635,89 @@ class Agent:
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         return f"missing groups enforced as empty (fail closed): {shown}"
 
+    def _unknown_endpoints(self, state: str) -> None:
+        """Log (loudly when protection is inactive, once per change) what the table does with
+        unknown endpoints; the gauge and the NodeRules status say it too."""
+        if state == self._unknown:
+            return
+        self._unknown = state
+        self.metrics.set("unknown_endpoint_protection", 1 if state == "drop" else 0)
+        if state == "inactive":
+            log.warning(
+                "node %s: unknown-endpoint protection inactive: the node's pod ranges are not "
+                "known (no spec.podCIDRs on the Node, no --pod-cidrs), so new pods are reachable "
+                "before their rules arrive; set agent.podCIDRs (--pod-cidrs) for this CNI",
+                self.config.node,
+            )
+        else:
+            log.info("node %s: unknown endpoints: %s", self.config.node, state)
+
+    def _log_new_pods(self, pods: frozenset[str]) -> None:
+        """Name the local pods this apply made known (no longer unknown endpoints): with the
+        pods' IP report times this gives each pod's wait for its first connection."""
+        added = sorted(pods - self._known_pods)
+        self._known_pods = pods
+        if added:
+            more = f" and {len(added) - 10} more" if len(added) > 10 else ""
+            log.info("node %s: pods now known: %s%s", self.config.node, ", ".join(added[:10]), more)
+
+    def _read_unknown_drops(self) -> int:
+        """Packets the unknown-endpoint counter of the table in force has dropped (0 when it
+        has none or cannot be read: a lost count is logged, never raised)."""
+        try:
+            return self.kernel.counter_packets(UNKNOWN_COUNTER) or 0
+        except (KernelError, OSError) as e:
+            log.debug("node %s: cannot read the unknown-endpoint counter: %s", self.config.node, e)
+            return 0
+
+    def _count_unknown_drops(self) -> None:
+        if self._in_force is None:  # a table some earlier process left: not our count
+            return
+        total = self._unknown_drops_before + self._read_unknown_drops()
+        self.metrics.set("unknown_endpoint_drops_total", total)
+
     def _log_waiting(self, level: int, what: str) -> None:
         if not self._waiting_logged:
             self._waiting_logged = True
             log.log(level, "node %s: %s", self.config.node, what)
 
-    def _check_drift(self) -> None:
-        if self._applied is None:
-            return
+    def _digest(self) -> str | None:
+        """The digest of our table as listed now; ``None`` (and a warning) if unreadable."""
+        started = time.monotonic()
         try:
-            current = self.kernel.read()
+            listing = self.kernel.read()
         except (KernelError, OSError) as e:
             log.warning("node %s: cannot read the kernel table: %s", self.config.node, e)
+            return None
+        result = drift.digest(listing)
+        self._check_seconds = time.monotonic() - started
+        self.metrics.set("drift_check_seconds", self._check_seconds)
+        return result
+
+    def _check_drift(self) -> None:
+        if self._in_force is None:
             return
-        if current is None or _chains(current) != self._applied_chains:
-            log.warning(
-                "node %s: kernel table changed behind our back; restoring it", self.config.node
-            )
-            self.metrics.inc("drift_repairs_total")
-            self._sync(force=True, cleanup=True)
+        current = self._digest()
+        if current is None or current == self._in_force_digest:
+            return
+        log.warning(
+            "node %s: kernel table %s behind our back; restoring it",
+            self.config.node,
+            "deleted" if current == drift.ABSENT else "changed",
+        )
+        self.metrics.inc("drift_repairs_total")
+        try:
+            self.kernel.apply(self._in_force)
+        except (KernelError, OSError) as e:
+            self.metrics.inc("apply_errors_total")
+            log.error("node %s: restoring the table failed: %s", self.config.node, e)
+            return
+        self._in_force_digest = self._digest()
+        # While the table was missing or damaged, anything could connect.
+        with self._lock:
+            rules = self.view.rules
+        if rules is not None and self._applied is not None:
+            self._remove_flows(self._in_force, rules.pods)
 
     def _report(
         self,
@@ -403,6 +737,7 @@ class Agent:
                 .replace("+00:00", "Z"),
                 "pods": len(pods),
                 "policies": len(policies),
+                "unknownEndpoints": self._unknown or "",
                 "error": error or "",
             }
         )
@@ -465,12 +800,3 @@ class _StatusWriter:
                 if self._stop.wait(STATUS_RETRY):
                     return
                 self._wake.set()
-
-
-def _chains(ruleset: Mapping[str, Any]) -> frozenset[str]:
-    names = set()
-    for item in ruleset["nftables"]:
-        obj = item.get("add", item)
-        if "chain" in obj:
-            names.add(obj["chain"]["name"])
-    return frozenset(names)

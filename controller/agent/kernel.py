@@ -11,6 +11,7 @@ import ctypes
 import json
 from typing import Any
 
+from controller.agent.literal import host_names
 from controller.agent.netns import netns
 from controller.agent.render import FAMILY, TABLE
 
@@ -53,7 +54,39 @@ def _context() -> Any:
         ) from e
     nft.set_json_output(True)
     nft.set_handle_output(False)
+    nft.set_reversedns_output(False)  # never look addresses up when listing
+    _set_no_dns_input(nft)
     return nft
+
+
+_NFT_CTX_INPUT_NO_DNS = 1  # libnftables.h, nftables >= 1.0.7
+
+
+def _set_no_dns_input(nft: Any) -> None:
+    """Tell libnftables never to resolve a name given where an address is expected.
+
+    The flag exists since nftables 1.0.7 and the bindings do not wrap it; Debian bookworm's
+    1.0.6 has no way to say it, so every ruleset is also checked by ``literal.host_names``
+    before libnftables sees it (``_refuse_names``).
+    """
+    lib = ctypes.CDLL("libnftables.so.1")
+    if not hasattr(lib, "nft_ctx_input_set_flags"):
+        return
+    lib.nft_ctx_input_get_flags.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_input_get_flags.restype = ctypes.c_uint
+    lib.nft_ctx_input_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    ctx = nft._Nftables__ctx
+    lib.nft_ctx_input_set_flags(ctx, lib.nft_ctx_input_get_flags(ctx) | _NFT_CTX_INPUT_NO_DNS)
+
+
+def _refuse_names(ruleset: dict[str, Any]) -> None:
+    names = host_names(ruleset)
+    if names:
+        shown = ", ".join(repr(n) for n in names[:5])
+        raise KernelError(
+            f"refusing a ruleset with host names where addresses belong ({shown}): the agent "
+            "never resolves names; addresses must be numeric"
+        )
 
 
 def _set_dry_run(nft: Any) -> None:
@@ -156,6 +189,7 @@ class Kernel:
 
     def apply(self, ruleset: dict[str, Any]) -> None:
         """Run one JSON transaction (the renderer's output replaces the table atomically)."""
+        _refuse_names(ruleset)
         with netns(self.netns):
             rc, _out, err = _context().json_cmd(ruleset)
         if rc != 0:
@@ -163,6 +197,7 @@ class Kernel:
 
     def check(self, ruleset: dict[str, Any]) -> None:
         """Validate ``ruleset`` against the running kernel without committing it."""
+        _refuse_names(ruleset)
         with netns(self.netns):
             nft = _context()
             _set_dry_run(nft)
@@ -195,6 +230,20 @@ class Kernel:
             raise KernelError(_explain("read", err))
         result: dict[str, Any] = json.loads(out)
         return result
+
+    def counter_packets(self, name: str) -> int | None:
+        """Packets counted so far by the named counter ``name`` of our table; ``None`` if
+        the table or the counter does not exist."""
+        with netns(self.netns):
+            rc, out, err = _context().cmd(f"list counter {FAMILY} {TABLE} {name}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise KernelError(_explain("read", err))
+        for item in json.loads(out)["nftables"]:
+            if "counter" in item:
+                return int(item["counter"]["packets"])
+        return None
 
     def remove(self) -> bool:
         """Delete our table; ``False`` if there was none."""

@@ -70,6 +70,8 @@ def _statement(s: dict[str, Any]) -> str:
     if key in ("jump", "goto"):
         return f"{key} {body['target']}"
     if key == "counter":
+        if isinstance(body, str):  # a named counter
+            return f"counter name {_quote(body)}"
         return f"counter packets {body['packets']} bytes {body['bytes']}"
     if key == "limit":
         return f"limit rate {body['rate']}/{body['per']}"
@@ -116,6 +118,8 @@ def to_text(ruleset: dict[str, Any]) -> str:
                 lines.append("\t\telements = { " + ",\n\t\t\t     ".join(items) + " }")
             lines.append("\t}")
             tables[table].append("\n".join(lines))
+        elif kind == "counter":
+            tables[table].append(f"\tcounter {spec['name']} {{\n\t}}")
         elif kind == "rule":
             text = " ".join(_statement(s) for s in spec["expr"])
             if spec.get("comment"):

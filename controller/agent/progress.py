@@ -58,7 +58,7 @@ def stand_ins(rules: NodeRules, names: Iterable[str]) -> dict[str, Group]:
         for policy in rules.policies
         for rule in policy.ingress + policy.egress
         for name in rule.port_groups
-    }
+    } | set(rules.dns)
     return {
         name: (
             PortGroup(name, STAND_IN_PEER, Protocol.TCP, "")

@@ -11,6 +11,13 @@ Layout (see ARCHITECTURE.md):
   ``return`` on a match, then a rate-limited NFLOG and a counted drop. The cost per packet
   therefore does not grow with the number of policies or peers.
 * traffic between a node and its own pods never reaches the forward hook, so it is allowed.
+* unknown endpoints: before the verdict maps, a new connection whose source or destination is
+  in the node's pod ranges (``NodeRules.pod_cidrs``, or ``RenderOptions.pod_cidrs``) but is
+  no address of a listed local pod jumps to chain ``unknown-endpoint``: logged, counted
+  (named counter ``unknown-endpoint-drops``, which the agent reads) and dropped. NodeRules
+  list every local pod, isolated or not, so such an address belongs to a pod this node has
+  not heard of yet (the pod-startup race) or to none. Two set lookups per address at most
+  (``pod-ranges4`` then ``pods4``; IPv6 alike); only addresses in the ranges pay the second.
 
 Bounded size: multiplying a rule's peers by its ports into ``address . l4proto . port``
 elements is what makes one lookup possible, but 1,000 ``except`` entries times 1,000 ports
@@ -38,13 +45,21 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from controller.agent.intervals import Box, Interval, merge_boxes, merge_intervals
 from controller.compiler.ip_owners import IPConflict
-from controller.compiler.ir import AddressGroup, Group, LocalPod, NodeRules, PortGroup, Rule
-from controller.model import Direction, Protocol
-from controller.model.config import DNS_PORT
+from controller.compiler.ir import (
+    AddressGroup,
+    Group,
+    LocalPod,
+    NodeRules,
+    PortGroup,
+    Rule,
+    block_intervals,
+)
+from controller.model import Direction, IPBlock
+from controller.model.node import IPNetwork
 from controller.model.pod import IPAddress
 
 TABLE = "nftpolicy"
@@ -54,6 +69,10 @@ COMMENT_MAX = 127
 FULL = {4: (0, 2**32 - 1), 6: (0, 2**128 - 1)}
 FAMILY_OF_VERSION = {4: "ip", 6: "ip6"}
 SHORT = {Direction.INGRESS: "in", Direction.EGRESS: "out"}
+UNKNOWN_CHAIN = "unknown-endpoint"
+UNKNOWN_COUNTER = "unknown-endpoint-drops"
+
+UnknownEndpoints = Literal["drop", "allow"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +82,12 @@ class RenderOptions:
     log_group: int | None = 100  # NFLOG group for dropped packets; None disables logging
     log_rate_per_second: int = 10
     priority: int = FORWARD_PRIORITY
+    # New connections from or to an address of the node's pod ranges that no local pod has:
+    # "drop" (logged, counted) or "allow" (a new pod is open until its node knows it).
+    unknown_endpoints: UnknownEndpoints = "drop"
+    # The node's pod ranges, replacing NodeRules.pod_cidrs (for CNIs that do not allocate
+    # from Node.spec.podCIDRs); None: those of the NodeRules.
+    pod_cidrs: tuple[IPNetwork, ...] | None = None
 
 
 class MissingGroupError(LookupError):
@@ -122,7 +147,7 @@ def render(
     missing = rules.groups() - set(groups)
     if missing:
         raise MissingGroupError(f"node {rules.node}: unknown group(s) {', '.join(sorted(missing))}")
-    cache = _Cache(groups, rules.allow_dns)
+    cache = _Cache(groups, rules.dns)
     chains: dict[str, _Chain] = {}
     vmaps: dict[tuple[Direction, int], list[tuple[str, str, str]]] = defaultdict(list)
     by_pod: dict[str, list[tuple[str, Rule, Direction]]] = defaultdict(list)
@@ -145,7 +170,40 @@ def render(
             for ip in pod.ips:
                 if (ip, pod.key) not in lost:
                     vmaps[(direction, ip.version)].append((str(ip), chain.name, pod.key))
-    return {"nftables": _commands(chains, vmaps, opts)}
+    unknown = None
+    if unknown_endpoints_in_force(rules, opts) == "drop":
+        known: dict[int, set[IPAddress]] = {4: set(), 6: set()}
+        for pod in rules.pods:
+            for ip in pod.ips:
+                known[ip.version].add(ip)
+        unknown = _Unknown(pod_ranges(rules, opts), known)
+    return {"nftables": _commands(chains, vmaps, unknown, opts)}
+
+
+def pod_ranges(rules: NodeRules, options: RenderOptions) -> dict[int, list[Interval]]:
+    """The node's pod ranges (the override of ``options``, else the NodeRules'), merged
+    (an override may overlap itself), by IP version."""
+    cidrs = rules.pod_cidrs if options.pod_cidrs is None else options.pod_cidrs
+    return block_intervals(IPBlock(net, ()) for net in cidrs)
+
+
+def unknown_endpoints_in_force(
+    rules: NodeRules, options: RenderOptions
+) -> Literal["drop", "allow", "inactive"]:
+    """What the rendered table does with unknown endpoints: as configured, or "inactive"
+    when dropping is configured but no pod range is known (nothing to tell them by)."""
+    if options.unknown_endpoints == "allow":
+        return "allow"
+    ranges = pod_ranges(rules, options)
+    return "drop" if ranges[4] or ranges[6] else "inactive"
+
+
+@dataclass(frozen=True)
+class _Unknown:
+    """What tells an unknown endpoint: the pod ranges and every local pod's address."""
+
+    ranges: dict[int, list[Interval]]
+    known: dict[int, set[IPAddress]]
 
 
 def duplicate_addresses(rules: NodeRules) -> list[IPConflict]:
@@ -174,9 +232,9 @@ class _Cache:
     """Per-render memory: group contents as merged integer intervals, and chains by what
     decides them (so the replicas of a Deployment cost one chain computation, not one each)."""
 
-    def __init__(self, groups: dict[str, Group], allow_dns: bool) -> None:
+    def __init__(self, groups: dict[str, Group], dns: tuple[str, ...]) -> None:
         self._groups = groups
-        self._allow_dns = allow_dns
+        self.dns = dns  # the cluster DNS port groups (none: no DNS allowance)
         self._intervals: dict[str, dict[int, list[Interval]]] = {}
         self._chains: dict[tuple[object, ...], _Chain] = {}
 
@@ -201,7 +259,7 @@ class _Cache:
         and whether the DNS allowance applies."""
         mine = [(key, rule) for key, rule, d in rules if d is direction]
         named = tuple(pod.named_port(n, p) for _, rule in mine for n, p in rule.named_ports)
-        dns = direction is Direction.EGRESS and direction in pod.default_deny and self._allow_dns
+        dns = direction is Direction.EGRESS and direction in pod.default_deny and bool(self.dns)
         memo_key = (direction, tuple((key, id(rule)) for key, rule in mine), named, dns)
         chain = self._chains.get(memo_key)
         if chain is None:
@@ -244,21 +302,24 @@ def _allowance(
                 out.pairs.append(pair)
             contributed = size > 0
         for name in rule.port_groups:  # egress: resolved on each destination pod
-            group = cache.port_group(name)
-            for ip, number in group.members:
-                out.points[ip.version].append(
-                    (group.protocol.number, int(ip), int(ip), number, number)
-                )
-                contributed = True
+            contributed |= _add_members(out, cache.port_group(name))
         if contributed:
             out.sources.add(policy_key)
+    # Default deny's DNS allowance: the cluster DNS endpoints only (pods on their target
+    # port, Service IPs and configured resolvers on 53), never port 53 of any address. No
+    # endpoints (no DNS found): nothing is allowed, and the operator warns about it.
     if dns:
-        for v in (4, 6):
-            lo, hi = FULL[v]
-            for proto in (Protocol.UDP, Protocol.TCP):
-                out.points[v].append((proto.number, lo, hi, DNS_PORT, DNS_PORT))
-        out.sources.add("default-deny DNS")
+        found = [_add_members(out, cache.port_group(name)) for name in cache.dns]
+        if any(found):
+            out.sources.add("default-deny DNS")
     return out
+
+
+def _add_members(out: _Allowance, group: PortGroup) -> bool:
+    """Add a port group's (address, port) members to ``out``; whether it had any."""
+    for ip, number in group.members:
+        out.points[ip.version].append((group.protocol.number, int(ip), int(ip), number, number))
+    return bool(group.members)
 
 
 def _merge_ports(ports: list[PortSpan]) -> list[PortSpan]:
@@ -364,16 +425,24 @@ def _payload(version: int, field: str) -> dict[str, Any]:
     return {"payload": {"protocol": FAMILY_OF_VERSION[version], "field": field}}
 
 
+# What a comment may hold: `nft list` prints a comment between double quotes exactly as it is
+# stored, without escaping, so a quote, a backslash, a control character or a non-ASCII byte
+# (policy and pod names come from custom resources) would make the kernel's own listing
+# impossible to load again with `nft -f`. Everything else becomes "?".
+_COMMENT_CHARS = frozenset(map(chr, range(0x20, 0x7F))) - {'"', "\\"}
+
+
 def _comment(text: str) -> str:
-    encoded = text.encode()
-    if len(encoded) <= COMMENT_MAX:
-        return text
-    return encoded[: COMMENT_MAX - 3].decode(errors="ignore") + "..."
+    clean = "".join(c if c in _COMMENT_CHARS else "?" for c in text)
+    if len(clean) <= COMMENT_MAX:
+        return clean
+    return clean[: COMMENT_MAX - 3] + "..."
 
 
 def _commands(
     chains: dict[str, _Chain],
     vmaps: dict[tuple[Direction, int], list[tuple[str, str, str]]],
+    unknown: _Unknown | None,
     opts: RenderOptions,
 ) -> list[dict[str, Any]]:
     table = _in_table()
@@ -406,6 +475,7 @@ def _commands(
             if elements:
                 spec["elem"] = elements
             cmds.append({"add": {"map": spec}})
+    unknown_rules = [] if unknown is None else _unknown_endpoint(unknown, opts, cmds)
     cmds.append(
         {
             "add": {
@@ -430,7 +500,8 @@ def _commands(
                 }
             },
             {"accept": None},
-        ]
+        ],
+        *unknown_rules,
     ]
     for direction, field_name in ((Direction.EGRESS, "saddr"), (Direction.INGRESS, "daddr")):
         for v in (4, 6):
@@ -447,6 +518,51 @@ def _commands(
     for expr in base_rules:
         cmds.append({"add": {"rule": {**table, "chain": "forward", "expr": expr}}})
     return cmds
+
+
+def _unknown_endpoint(
+    unknown: _Unknown, opts: RenderOptions, cmds: list[dict[str, Any]]
+) -> list[list[dict[str, Any]]]:
+    """Add the sets, counter and chain that drop unknown endpoints to ``cmds``; return the
+    forward chain's rules that jump there (source, then destination, per IP version)."""
+    table = _in_table()
+    cmds.append({"add": {"counter": {**table, "name": UNKNOWN_COUNTER}}})
+    cmds.append({"add": {"chain": {**table, "name": UNKNOWN_CHAIN}}})
+    if opts.log_group is not None:
+        prefix = f"nftpolicy {UNKNOWN_CHAIN} drop "
+        log_expr = [
+            {"limit": {"rate": opts.log_rate_per_second, "per": "second"}},
+            {"log": {"prefix": prefix, "group": opts.log_group}},
+        ]
+        cmds.append({"add": {"rule": {**table, "chain": UNKNOWN_CHAIN, "expr": log_expr}}})
+    drop = {
+        **table,
+        "chain": UNKNOWN_CHAIN,
+        "expr": [{"counter": UNKNOWN_COUNTER}, {"drop": None}],
+        "comment": _comment("new connection of an address in the node's pod ranges no pod has"),
+    }
+    cmds.append({"add": {"rule": drop}})
+    jumps: list[list[dict[str, Any]]] = []
+    for v in (4, 6):
+        if not unknown.ranges[v]:
+            continue
+        addr_type = "ipv4_addr" if v == 4 else "ipv6_addr"
+        ranges = [_addr_elem(v, lo, hi) for lo, hi in unknown.ranges[v]]
+        cmds.append(_set(f"pod-ranges{v}", addr_type, ranges))
+        known: dict[str, Any] = {**table, "name": f"pods{v}", "type": addr_type}
+        if unknown.known[v]:
+            known["elem"] = [str(ip) for ip in sorted(unknown.known[v])]
+        cmds.append({"add": {"set": known}})
+        for field_name in ("saddr", "daddr"):
+            address = _payload(v, field_name)
+            jumps.append(
+                [
+                    _match(address, f"pod-ranges{v}"),
+                    {"match": {"op": "!=", "left": address, "right": f"@pods{v}"}},
+                    {"jump": {"target": UNKNOWN_CHAIN}},
+                ]
+            )
+    return jumps
 
 
 def _set(name: str, type_: str | list[str], elements: list[Any]) -> dict[str, Any]:

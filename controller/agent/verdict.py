@@ -73,6 +73,9 @@ class Ruleset:
                 if verdict is not None:
                     return verdict
                 return "continue"
+            elif key == "jump":
+                verdict = self._run(body["target"], packet)
+                return "continue" if verdict is None else verdict
             elif key in ("accept", "drop", "return"):
                 return key
             elif key in ("counter", "limit", "log"):
@@ -86,7 +89,7 @@ class Ruleset:
         if left == {"ct": {"key": "state"}}:
             return False  # every connection we evaluate is new
         right = body["right"]
-        assert body["op"] == "==" and isinstance(right, str) and right.startswith("@")
+        assert body["op"] in ("==", "!=") and isinstance(right, str) and right.startswith("@")
         elements = self.sets[right[1:]]
         if "concat" in left:
             values = [_field(part, packet) for part in left["concat"]]
@@ -94,7 +97,9 @@ class Ruleset:
                 return False
             return any(_in_concat(e, values) for e in elements)
         value = _field(left, packet)
-        return value is not None and any(_in(e, value) for e in elements)
+        if value is None:  # another IP version: the rule does not match either way
+            return False
+        return any(_in(e, value) for e in elements) is (body["op"] == "==")
 
 
 def _field(expr: dict[str, Any], packet: Packet) -> Any:

@@ -55,11 +55,15 @@ from controller.model import (
     Protocol,
 )
 from controller.model.config import DefaultDeny
+from controller.model.dns import DnsService, Endpoint, dns_endpoints, is_dns_pod
 from controller.model.limits import too_large
 from controller.model.namespaces import default_deny_directions, namespace_labels
 from controller.model.pod import IPAddress
 
 ALL_PORTS = (0, 65535)
+# The cluster DNS port groups (see ``model/dns.py``): fixed names, one object per protocol
+# however many nodes refer to them, so a DNS pod coming or going rewrites these two only.
+DNS_GROUPS = {Protocol.UDP: "dns-udp", Protocol.TCP: "dns-tcp"}
 _NONE: frozenset[str] = frozenset()
 
 
@@ -143,6 +147,8 @@ class Compiler:
         self._groups: dict[str, _GroupState] = {}
         self._dirty_groups: set[str] = set()
         self._dirty_nodes: set[str] = set()
+        self._dns_pods: set[str] = set()  # keys of the DNS pods (with addresses)
+        self._dns_services: dict[str, DnsService] = {}
 
     # ---- outputs -------------------------------------------------------------------------
 
@@ -153,6 +159,8 @@ class Compiler:
         return changes
 
     def group_names(self) -> list[str]:
+        """The groups of policies (the DNS groups are published through the nodes that
+        refer to them, see ``node_rules``)."""
         return sorted(self._groups)
 
     def policies_using(self, group: str) -> list[str]:
@@ -170,7 +178,7 @@ class Compiler:
     def group(self, name: str) -> Group | None:
         state = self._groups.get(name)
         if state is None:
-            return None
+            return self._dns_group(name)
         peer = state.peer
         members = self._peers[peer].members
         if state.port is not None:
@@ -192,6 +200,8 @@ class Compiler:
         return AddressGroup(name, describe(peer), addresses=frozenset(addresses))
 
     def node_rules(self, node: str) -> NodeRules:
+        """Every local pod with addresses (the agent drops addresses of the node's pod
+        ranges that no listed pod has), and the policies isolating some of them."""
         local: list[LocalPod] = []
         applied: dict[str, list[str]] = {}  # policy -> local pods it selects, sorted
         for key in sorted(self._pods_by_node.get(node, ())):
@@ -201,6 +211,7 @@ class Compiler:
             deny = default_deny_directions(self._namespaces, pod.namespace, self._default_deny)
             policies = self._pod_policies.get(key, set())
             if not policies and not deny:
+                local.append(LocalPod(key, pod.addresses))  # known, and open
                 continue
             for pkey in policies:
                 applied.setdefault(pkey, []).append(key)
@@ -218,7 +229,14 @@ class Compiler:
                     egress=code.egress,
                 )
             )
-        return NodeRules(node, tuple(local), tuple(compiled), self._default_deny.allow_dns)
+        known = self._nodes.get(node)
+        return NodeRules(
+            node,
+            tuple(local),
+            tuple(compiled),
+            dns=self._dns_refs(local),
+            pod_cidrs=known.pod_cidrs if known is not None else (),
+        )
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -237,8 +255,52 @@ class Compiler:
 
     def set_default_deny(self, config: DefaultDeny) -> None:
         if config != self._default_deny:
-            self._default_deny = config
+            old, self._default_deny = self._default_deny, config
             self._dirty_nodes.update(self.node_names())
+            if old.dns != config.dns:
+                dns = config.dns
+                selected = self._pods_selected(dns.namespace, dns.pod_selector)
+                self._dns_pods = {p.key for p in selected if p.addresses}
+            self._dirty_groups.update(DNS_GROUPS.values())
+
+    # ---- the cluster's DNS (default deny's DNS allowance, see model/dns.py) ----------------
+
+    def set_dns_service(self, key: str, service: DnsService | None) -> None:
+        """A DNS Service (one the operator's narrow watch reports) changed or is gone."""
+        if service is None:
+            changed = self._dns_services.pop(key, None) is not None
+        else:
+            changed = self._dns_services.get(key) != service
+            self._dns_services[key] = service
+        if changed:
+            self._dirty_groups.update(DNS_GROUPS.values())
+
+    def dns_service_keys(self) -> frozenset[str]:
+        return frozenset(self._dns_services)
+
+    def dns_endpoints(self) -> frozenset[Endpoint]:
+        """What the DNS allowance opens: O(DNS pods x DNS Services' ports)."""
+        pods = (self._pods[key] for key in self._dns_pods)
+        return dns_endpoints(self._default_deny.dns, pods, self._dns_services.values())
+
+    def _dns_group(self, name: str) -> PortGroup | None:
+        protocol = next((p for p, n in DNS_GROUPS.items() if n == name), None)
+        if protocol is None or not self._default_deny.allow_dns:
+            return None
+        dns = self._default_deny.dns
+        where = f"cluster DNS: pods[{dns.pod_selector}] and services[{dns.service_selector}]"
+        extra = f" in namespace {dns.namespace}, {len(dns.addresses)} address(es)"
+        members = frozenset((ip, port) for p, ip, port in self.dns_endpoints() if p is protocol)
+        return PortGroup(name, where + extra, protocol, "", members)
+
+    def _dns_refs(self, local: list[LocalPod]) -> tuple[str, ...]:
+        """The DNS groups a node's rules refer to: only where some pod is isolated for
+        egress by default deny, so the groups span just the nodes that use them."""
+        if self._default_deny.allow_dns and any(
+            Direction.EGRESS in pod.default_deny for pod in local
+        ):
+            return tuple(sorted(DNS_GROUPS.values()))
+        return ()
 
     def upsert_node(self, node: Node) -> None:
         if self._nodes.get(node.name) != node:
@@ -319,6 +381,9 @@ class Compiler:
             self._pods_by_label.setdefault(label, set()).add(key)
         if pod.node:
             self._pods_by_node.setdefault(pod.node, set()).add(key)
+        if pod.addresses and is_dns_pod(self._default_deny.dns, pod):
+            self._dns_pods.add(key)
+            self._dirty_groups.update(DNS_GROUPS.values())
         if pod.addresses:
             for peer in self._peers_matching(pod):
                 state = self._peers[peer]
@@ -342,6 +407,9 @@ class Compiler:
                 self._dirty_groups |= self._groups_of(state, pod)
         for pkey in self._pod_policies.pop(key, ()):
             self._selected[pkey].discard(key)
+        if key in self._dns_pods:
+            self._dns_pods.discard(key)
+            self._dirty_groups.update(DNS_GROUPS.values())
         del self._pods[key]
         self._pods_by_ns[pod.namespace].discard(key)
         for label in _label_keys(pod):

@@ -205,7 +205,11 @@ class CompiledPolicy:
 
 @dataclass(frozen=True)
 class LocalPod:
-    """A pod on this node that is isolated in at least one direction."""
+    """A pod on this node that has addresses. Every such pod is listed, isolated or not, so
+    the agent can tell a pod that is open (no policy applies, no ``default_deny``) from an
+    address it does not know at all (dropped in the node's pod ranges). The named ports are
+    listed only for isolated pods: nothing else resolves them.
+    """
 
     key: str
     ips: tuple[IPAddress, ...]
@@ -243,7 +247,13 @@ class NodeRules:
     node: str
     pods: tuple[LocalPod, ...] = ()
     policies: tuple[CompiledPolicy, ...] = ()
-    allow_dns: bool = True  # default-deny keeps egress to port 53 open
+    # The cluster DNS groups (port groups, one per protocol) that pods isolated for egress by
+    # default deny may reach; empty: no DNS allowance (off, or no such pod on this node).
+    dns: tuple[str, ...] = ()
+    # The node's pod address ranges (Node.spec.podCIDRs): an address in them that no pod of
+    # ``pods`` has is an unknown endpoint. Empty: not known (rules from an older operator, or
+    # a CNI that allocates otherwise; the agent then has no ranges unless told).
+    pod_cidrs: tuple[IPNetwork, ...] = ()
 
     def groups(self) -> frozenset[str]:
         """Names of every group these rules refer to."""
@@ -252,12 +262,14 @@ class NodeRules:
             for rule in policy.ingress + policy.egress:
                 out.update(rule.peers or ())
                 out.update(rule.port_groups)
+        out.update(self.dns)
         return frozenset(out)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node,
-            "allowDNS": self.allow_dns,
+            "dnsGroups": list(self.dns),
+            "podCIDRs": [str(c) for c in self.pod_cidrs],
             "pods": [p.to_json() for p in self.pods],
             "policies": [p.to_json() for p in self.policies],
         }
@@ -266,7 +278,8 @@ class NodeRules:
     def from_json(cls, raw: dict[str, Any]) -> NodeRules:
         return cls(
             node=raw["node"],
-            allow_dns=bool(raw.get("allowDNS", True)),
+            dns=tuple(raw.get("dnsGroups", ())),
+            pod_cidrs=tuple(ipaddress.ip_network(c) for c in raw.get("podCIDRs", ())),
             pods=tuple(LocalPod.from_json(p) for p in raw.get("pods", ())),
             policies=tuple(CompiledPolicy.from_json(p) for p in raw.get("policies", ())),
         )

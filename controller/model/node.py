@@ -1,4 +1,5 @@
-"""Nodes: their own addresses (always allowed to reach local pods) and pod CIDRs.
+"""Nodes: their own addresses (always allowed to reach local pods) and pod CIDRs (the ranges
+in which the node's agent drops addresses that belong to no known local pod).
 
 The API server does not validate ``status.addresses`` (an InternalIP may be any string), so an
 unreadable one is skipped with a warning rather than dropping the Node: the node then simply

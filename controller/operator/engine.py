@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.compiler import Changes, Compiler
+from controller.compiler.compiler import DNS_GROUPS
 from controller.metrics import Metrics
 from controller.model import ApiObject, NetworkPolicy, ParseError, Pod, parse_object
 from controller.model.config import DefaultDeny
+from controller.model.dns import parse_dns_service
 from controller.operator.enforcement import EnforcementTracker
 from controller.publish.desired import DesiredState
 from controller.publish.plan import Body, Key, Write
@@ -110,6 +112,7 @@ class Engine:
         self._recheck: set[Key] = set()  # published objects changed by someone else
         self._warned: dict[tuple[str, str, str], tuple[str, ...]] = {}  # (kind, key, reason)
         self._unsettled = True  # something changed since enforcement was last brought up to date
+        self._dns_blocked: frozenset[str] = frozenset()  # DNS groups published empty
         self.metrics = Metrics("nftpolicy_operator")
         for name, kind, text in (
             ("leader", "gauge", "1 while this replica holds the lease and publishes"),
@@ -119,11 +122,20 @@ class Engine:
             ("write_bytes_total", "counter", "bytes of custom-resource writes sent"),
             ("write_failures_total", "counter", "failed custom-resource writes (each attempt)"),
             ("repairs_total", "counter", "our objects found deleted or changed by someone else"),
-            ("ip_conflicts_total", "counter", "pod IPs reported by several live pods (newest wins)"),
+            (
+                "ip_conflicts_total",
+                "counter",
+                "pod IPs reported by several live pods (newest wins)",
+            ),
             (
                 "object_warnings_total",
                 "counter",
                 "objects accepted with a problem: setting ignored, policy over a limit",
+            ),
+            (
+                "dns_blocked",
+                "gauge",
+                "1 while default deny is in force but no cluster DNS endpoint was found",
             ),
             ("reconciles_total", "counter", "full re-lists compared with what was compiled"),
             ("reconcile_corrections_total", "counter", "objects a re-list fed or forgot"),
@@ -218,6 +230,29 @@ class Engine:
             self.compiler.delete_namespace(key)
         elif kind == "Node":
             self.compiler.delete_node(key)
+
+    def dns_listed(self, bodies: Mapping[str, Mapping[str, Any]]) -> None:
+        """A complete listing of the DNS Services (the narrow watch's list or re-list):
+        Services absent from it are forgotten."""
+        for key in self.compiler.dns_service_keys() - set(bodies):
+            self.compiler.set_dns_service(key, None)
+        for body in bodies.values():
+            self.dns_event("ADDED", body)
+
+    def dns_event(self, type: str, body: Mapping[str, Any]) -> None:
+        """A watch event of a DNS Service. One that cannot be read counts as absent (its
+        addresses are not allowed: fail closed), with an error saying why."""
+        key = _key("Service", body)
+        if type == "DELETED":
+            self.compiler.set_dns_service(key, None)
+            return
+        try:
+            service = parse_dns_service(body)
+        except ParseError as e:
+            log.error("DNS Service %s ignored: %s", key, e)
+            self.compiler.set_dns_service(key, None)
+            return
+        self.compiler.set_dns_service(key, service)
 
     def observed(self, plural: str, type: str | None, body: Mapping[str, Any]) -> bool:
         """A watch event of our own AddressGroups/NodeRules: agents' status reports, and
@@ -356,6 +391,39 @@ class Engine:
         for key, body in bodies.items():
             refs = self.desired.groups_of(key[1]) if key[0] == NODE_RULES else frozenset()
             self.queue.want(key, body, refs)
+        self._check_dns(bodies)
+
+    def _check_dns(self, bodies: Mapping[Key, Body | None]) -> None:
+        """Warn (log, Event on the DNS namespace, metric) when a DNS group is published,
+        so default deny is in force on some node, but empty: default deny then blocks DNS,
+        because nothing matched where the cluster's DNS was said to be. Once per change."""
+        blocked = set(self._dns_blocked)
+        for name in DNS_GROUPS.values():
+            if (ADDRESS_GROUPS, name) in bodies:
+                body = bodies[(ADDRESS_GROUPS, name)]
+                if body is not None and not body["spec"].get("members"):
+                    blocked.add(name)
+                else:
+                    blocked.discard(name)
+        if blocked == self._dns_blocked:
+            return
+        self._dns_blocked = frozenset(blocked)
+        self.metrics.set("dns_blocked", 1.0 if blocked else 0.0)
+        dns = self.config.default_deny.dns
+        if not blocked:
+            log.info("cluster DNS found: default deny allows DNS to it again")
+            return
+        protocols = " and ".join(p for p, n in DNS_GROUPS.items() if n in blocked)
+        message = (
+            f"default deny blocks DNS over {protocols}: no pod in namespace {dns.namespace} "
+            f"matches {dns.pod_selector}, no Service there matches {dns.service_selector} on "
+            f"port 53/{protocols}, and no dns.addresses are set, so pods isolated for egress "
+            "by default deny cannot resolve names; set the chart's dns values to where the "
+            "cluster's DNS runs"
+        )
+        log.warning("%s", message)
+        ref = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": dns.namespace}}
+        self.notices.append(Notice(ref, "Warning", "DNSNotFound", message))
 
     def _recheck_key(self, key: Key) -> None:
         assert self.queue is not None
@@ -483,7 +551,7 @@ class Engine:
 
 def _key(kind: str, body: Mapping[str, Any]) -> str:
     meta = body.get("metadata", {})
-    if kind in ("Pod", "NetworkPolicy"):
+    if kind in ("Pod", "NetworkPolicy", "Service"):
         return f"{meta.get('namespace', 'default')}/{meta.get('name')}"
     return str(meta.get("name"))
 

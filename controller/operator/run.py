@@ -34,6 +34,7 @@ import kopf
 from kubernetes import client
 
 from controller.kube import timeouts
+from controller.kube.informer import Informer
 from controller.kube.lease import LeaseElector
 from controller.kube.publisher import list_functions, list_pages, list_published, perform
 from controller.operator.engine import CR_KINDS, Engine, Notice, OperatorConfig
@@ -52,6 +53,7 @@ LEASE_RENEW = 2.0
 RELIST_QUIET = 1.0  # reconcile this long after kopf's last listing event
 RECONCILE_RETRY = 30.0  # a failed reconcile is tried again after this (or the period)
 CYCLE_SPACING = 0.01  # publish cycles woken by finished writes are at least this far apart
+DNS_STALE = 2 * timeouts.WATCH_READ  # the DNS Service watch silent this long: not ready
 
 T = TypeVar("T")
 
@@ -366,7 +368,9 @@ async def _reconcile(rt: Runtime, why: str) -> bool:
     return True
 
 
-def run_operator(api: client.ApiClient, metrics_port: int, config: OperatorConfig) -> None:
+def run_operator(
+    api: client.ApiClient, metrics_port: int, metrics_address: str, config: OperatorConfig
+) -> None:
     engine = Engine(config)
     elector = LeaseElector(api, config.lease_namespace, config.lease_name, config.identity)
     rt = Runtime(engine, api, elector)
@@ -377,6 +381,34 @@ def run_operator(api: client.ApiClient, metrics_port: int, config: OperatorConfi
     # would only move the failure (and a full re-list) to the other replica.
     metrics.add_check("writes", lambda: engine.write_problem(time.monotonic()), liveness=False)
     metrics.add_check("initial-sync", engine.sync_problem, liveness=False)
+    if config.default_deny.allow_dns:
+        dns = _dns_informer(rt).start()
+        metrics.add_check("dns-services", lambda: dns.health(DNS_STALE), liveness=False)
     if metrics_port:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_address)
     kopf.run(registry=build_registry(rt), clusterwide=True, standalone=True)
+
+
+def _dns_informer(rt: Runtime) -> Informer:
+    """The DNS Services, from one narrow watch: the DNS namespace, filtered by the service
+    selector on the server, so its events cost nothing when other Services change and the
+    operator needs to read Services in that namespace only. DNS pods need no watch of their
+    own: every pod is watched already. Events go to the compile worker in order."""
+    dns = rt.engine.config.default_deny.dns
+
+    def submit(fn: Callable[..., None], *args: Any) -> None:
+        rt.worker.submit(fn, *args).add_done_callback(_log_failure)
+
+    return Informer(
+        "dns-services",
+        client.CoreV1Api(rt.api).list_namespaced_service,
+        lambda bodies: submit(rt.engine.dns_listed, bodies),
+        lambda type, body: submit(rt.engine.dns_event, type, body),
+        namespace=dns.namespace,
+        label_selector=str(dns.service_selector),
+    )
+
+
+def _log_failure(future: Future[None]) -> None:
+    if not future.cancelled() and (error := future.exception()) is not None:
+        log.error("compiling a DNS Service event failed", exc_info=error)

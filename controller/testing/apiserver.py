@@ -535,12 +535,21 @@ class TestControlPlane:
         return k8s.ApiClient(cfg)
 
     def token_for(
-        self, namespace: str, service_account: str, *, expiration_seconds: int = 3600
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        expiration_seconds: int = 3600,
+        pod: str | None = None,
     ) -> str:
         """A bound token for ``namespace/service_account`` via the TokenRequest API.
 
         Creates the namespace and the ServiceAccount when they do not exist yet. The token's
         audience is the API server's own (its issuer), so it authenticates to this server.
+        With ``pod`` (an existing pod of that namespace running as that ServiceAccount) the
+        token is bound to the pod, as the kubelet's are: the API server then adds the pod's
+        node to the token's user info (``authentication.kubernetes.io/node-name``) and stops
+        accepting the token once the pod is gone.
         """
         with self.api_client() as client:
             core = k8s.CoreV1Api(client)
@@ -556,8 +565,15 @@ class TestControlPlane:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
+            bound = None
+            if pod is not None:
+                meta = core.read_namespaced_pod(pod, namespace).metadata
+                uid = meta.uid if meta is not None else None
+                bound = k8s.V1BoundObjectReference(api_version="v1", kind="Pod", name=pod, uid=uid)
             request = k8s.AuthenticationV1TokenRequest(
-                spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration_seconds)
+                spec=k8s.V1TokenRequestSpec(
+                    audiences=[], expiration_seconds=expiration_seconds, bound_object_ref=bound
+                )
             )
             resp = core.create_namespaced_service_account_token(service_account, namespace, request)
         token = resp.status.token if resp.status is not None else None

@@ -10,7 +10,8 @@ into a node's containerd (kubelets then never pull: pods use ``IfNotPresent``/``
   ``user-defined-in-image`` user and group), tagged as ``manifest.go`` says. Upstream's Netpol
   specs use no other image, and the e2e framework pulls none at startup.
 - nftpolicy: the repository's ``Dockerfile`` built with podman, on a Debian base made with
-  mmdebstrap from this machine's apt sources (Docker Hub is not reachable here).
+  mmdebstrap from this machine's apt sources instead of the Dockerfile's digest-pinned Docker
+  Hub base (not reachable here; ``--build-arg DEBIAN_IMAGE=<local image ID>``).
 
 pause and agnhost are written by ``image_archive`` (no engine needed) and rebuilt only when an
 input changes (binaries, busybox, certificates, tags). nftpolicy is rebuilt on every run, which
@@ -76,9 +77,11 @@ K8S_VERSION_ENV = "NFTPOLICY_K8S_VERSION"  # the same variable scripts/testenv.s
 DEFAULT_K8S_VERSION = "1.34.4"
 DEFAULT_NFTPOLICY_IMAGE = "nftpolicy:e2e"
 
-# The Dockerfile's default base (ARG DEBIAN_IMAGE), made locally and imported under that name
-# into our own podman store, so that the Dockerfile builds unchanged.
-DEBIAN_IMAGE = "docker.io/library/debian:bookworm-slim"
+# The Dockerfile's base (ARG DEBIAN_IMAGE, pinned there by the digest of Docker Hub's
+# debian:bookworm-slim, which is not reachable here), made locally and imported under this name
+# into our own podman store. The build gets it by image ID (--build-arg DEBIAN_IMAGE=<ID>), so
+# its log names the exact base it used.
+DEBIAN_IMAGE = "localhost/nftpolicy-debian-base:bookworm-slim"
 DEBIAN_SUITE = "bookworm"
 # What the official -slim images leave out (debuerreotype's slimify), as dpkg options: they
 # stay in the rootfs (/etc/dpkg/dpkg.cfg.d), so the Dockerfile's apt-get installs obey them too.
@@ -679,10 +682,10 @@ def _host_apt_sources() -> dict[str, str]:
     return files
 
 
-def _debian_base(podman: _Podman, out_dir: Path, progress: _Progress) -> None:
+def _debian_base(podman: _Podman, out_dir: Path, progress: _Progress) -> str:
     """Make sure ``DEBIAN_IMAGE`` in our podman store is the mmdebstrap rootfs of the current
-    sources; the tar and the import are cached (a new import would change the base's ID and
-    throw away podman's layer cache)."""
+    sources, and return its image ID; the tar and the import are cached (a new import would
+    change the base's ID and throw away podman's layer cache)."""
     sources = debian_sources(_host_apt_sources(), DEBIAN_SUITE)
     merged_usr = MERGED_USR_HOOKS.is_dir()
     inputs = [DEBIAN_BASE_VERSION, DEBIAN_SUITE, SLIM_DPKG_OPTIONS, DEBIAN_APT_CONF]
@@ -723,10 +726,13 @@ def _debian_base(podman: _Podman, out_dir: Path, progress: _Progress) -> None:
         for old in base_dir.glob(f"debian-{DEBIAN_SUITE}-*"):
             if old.name not in (tar.name, stamp.name):
                 old.unlink()
+    # mmdebstrap cannot pin a snapshot date here (snapshot.debian.org is not reachable), so
+    # the base is recorded instead: the rootfs tar's digest and the image ID the build uses.
+    progress.say(f"base rootfs {tar.name}: sha256 {_sha256_file(tar)}")
     current = podman.image_id(DEBIAN_IMAGE)
     if current is not None and stamp.is_file() and stamp.read_text().strip() == current:
-        progress.say(f"base {DEBIAN_IMAGE}: up to date ({current[:12]})")
-        return
+        progress.say(f"base {DEBIAN_IMAGE}: up to date, image {current}")
+        return current
     changes = [f"--change={c}" for c in DEBIAN_IMAGE_CHANGES]
     with progress.step(f"podman import {tar.name} as {DEBIAN_IMAGE}"):
         podman.run(
@@ -736,6 +742,8 @@ def _debian_base(podman: _Podman, out_dir: Path, progress: _Progress) -> None:
     if imported is None:
         raise ImageBuildError(f"podman import did not create {DEBIAN_IMAGE}")
     stamp.write_text(imported + "\n")
+    progress.say(f"base {DEBIAN_IMAGE}: imported, image {imported}")
+    return imported
 
 
 def _host_pip_config() -> dict[str, str]:
@@ -755,7 +763,7 @@ def build_nftpolicy(
     and save it as a docker archive (only when the image ID changed since the last save)."""
     logs = out_dir / "logs"
     podman = _Podman(out_dir / "podman", logs, progress)
-    _debian_base(podman, out_dir, progress)
+    base_id = _debian_base(podman, out_dir, progress)
     ref = normalized_ref(ref)
     # Both builds below must see the same files, or the second one misses the first one's
     # cache and runs pip without the host's settings: build from a snapshot of the tree.
@@ -767,6 +775,7 @@ def build_nftpolicy(
     context = snapshot
     dockerfile = context / "Dockerfile"
     common = ["build", "--network=host", "--pull=never", "--layers", "-f", str(dockerfile)]
+    common.append(f"--build-arg=DEBIAN_IMAGE={base_id}")  # instead of the Docker Hub digest
     conf, mounts = pip_build_settings(_host_pip_config(), os.environ, os.path.isfile)
     pip_conf = out_dir / "build-pip.conf"
     pip_conf.write_text(conf)

@@ -107,6 +107,7 @@ class Live:
         log_level: str = "debug",
         kubeconfig: Path | None = None,
         metrics_port: int = 0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self._spawn(
             f"agent-{node}",
@@ -120,10 +121,17 @@ class Live:
                 "5",
                 "--metrics-port",
                 str(metrics_port),
+                "--state-dir",
+                str(self.state_dir(node)),
+                *extra_args,
             ],
             log_level,
             kubeconfig,
         )
+
+    def state_dir(self, node: str) -> Path:
+        """Where ``node``'s agent keeps its last applied ruleset (the host's /var/lib/nftpolicy)."""
+        return self.logs / f"state-{node}"
 
     def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.processes.pop(name)

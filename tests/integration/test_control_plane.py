@@ -9,7 +9,7 @@ import pytest
 
 from controller.testing.apiserver import TestControlPlane
 from controller.testing.netns import NetnsCluster, Probe
-from tests.integration.live import Live, eventually, install_crds
+from tests.integration.live import Live, eventually, install_crds, rules_applied
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,9 @@ def live(
         live.start_operator()
         live.start_agent(n1)
         live.start_agent(n2)
+        # Start-up (imports, first lists, the first publication) is not what CONVERGENCE
+        # bounds: on a busy machine it alone can take longer.
+        eventually(lambda: rules_applied(live, [n1, n2]), 120, "both agents' first apply")
         yield live
     finally:
         live.close()
@@ -131,9 +134,11 @@ def test_node_add_and_remove(live: Live) -> None:
     )
     eventually(
         lambda: (
-            live.custom.get_cluster_custom_object("nftpolicy.io", "v1alpha1", "noderules", n3)[
-                "status"
-            ].get("appliedGeneration")
+            (
+                live.custom.get_cluster_custom_object("nftpolicy.io", "v1alpha1", "noderules", n3)
+                .get("status", {})
+                .get("appliedGeneration")
+            )
             is not None
         ),
         what="the new node's agent to report",

@@ -9,7 +9,10 @@ Then, with the bound tokens of the chart's two ServiceAccounts:
   arguments the chart renders and a kubeconfig holding only that token, carry a NetworkPolicy
   through to NodeRules, AddressGroups, the agent's status, an Event and a kernel table (the
   agent applies in a scratch network namespace standing in for its node);
-* an agent whose ServiceAccount has no binding says 403 Forbidden in its log.
+* an agent whose ServiceAccount has no binding says 403 Forbidden in its log;
+* the chart's ValidatingAdmissionPolicy: with a token bound to a pod on node A (as the
+  kubelet's are), the agent's ServiceAccount patches the status of NodeRules A and nothing
+  else; a token without the node claim writes nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +34,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from controller.agent.netns import netns as entered_netns
 from controller.agent.render import FAMILY, TABLE
 from controller.resources import ADDRESS_GROUPS, GROUP, NODE_RULES, VERSION, span_label
 from controller.testing.apiserver import TestControlPlane
@@ -146,6 +152,16 @@ def test_helm_install_creates_the_release(
     roles = control_plane.kubectl("get", "clusterrole", "-o", "name").stdout.split()
     assert f"clusterrole.rbac.authorization.k8s.io/{full}-operator" in roles
     assert f"clusterrole.rbac.authorization.k8s.io/{full}-agent" in roles
+    policies = control_plane.kubectl(
+        "get", "validatingadmissionpolicy,validatingadmissionpolicybinding", "-o", "name"
+    ).stdout.split()
+    assert (
+        f"validatingadmissionpolicy.admissionregistration.k8s.io/{full}-agent-own-node" in policies
+    )
+    assert (
+        f"validatingadmissionpolicybinding.admissionregistration.k8s.io/{full}-agent-own-node"
+        in policies
+    )
 
 
 # ---- kubectl auth can-i ------------------------------------------------------------------------
@@ -202,16 +218,38 @@ OPERATOR_MATRIX: list[tuple[str, str, str, bool]] = [
     ("delete", f"leases.coordination.k8s.io/{LEASE}", "REL", NO),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", "", NO),
     ("impersonate", "serviceaccounts", "*", NO),
+    ("create", "serviceaccounts/token", "REL", NO),
+    ("update", "noderules.nftpolicy.io#status", "", NO),
+    ("create", "validatingadmissionpolicies.admissionregistration.k8s.io", "", NO),
+    ("delete", "validatingadmissionpolicybindings.admissionregistration.k8s.io", "", NO),
+    ("list", "services", "*", NO),  # only in the DNS namespace (values dns.namespace)
 ]
 AGENT_MATRIX: list[tuple[str, str, str, bool]] = [
-    ("get", "noderules.nftpolicy.io", "", YES),
     ("list", "noderules.nftpolicy.io", "", YES),
     ("watch", "noderules.nftpolicy.io", "", YES),
-    ("get", "addressgroups.nftpolicy.io", "", YES),
     ("list", "addressgroups.nftpolicy.io", "", YES),
     ("watch", "addressgroups.nftpolicy.io", "", YES),
+    # RBAC cannot name the caller's node: the admission policy narrows this to its own node
+    # (test_agent_patches_the_status_of_its_own_node_only)
     ("patch", "noderules.nftpolicy.io#status", "", YES),
+    # its own DaemonSet, by name (uninstall versus restart; AGENT: the release's agent name)
+    ("list", "daemonsets.apps/AGENT", "REL", YES),
+    ("watch", "daemonsets.apps/AGENT", "REL", YES),
     # must not
+    ("get", "noderules.nftpolicy.io", "", NO),  # the informers list and watch only
+    ("list", "daemonsets.apps", "REL", NO),  # without the name: every DaemonSet
+    ("watch", "daemonsets.apps", "REL", NO),
+    ("get", "daemonsets.apps/AGENT", "REL", NO),
+    ("list", "daemonsets.apps/some-other-daemonset", "REL", NO),
+    ("list", "daemonsets.apps/AGENT", "kube-system", NO),
+    ("patch", "daemonsets.apps/AGENT", "REL", NO),
+    ("delete", "daemonsets.apps/AGENT", "REL", NO),
+    ("get", "addressgroups.nftpolicy.io", "", NO),
+    ("get", "noderules.nftpolicy.io#status", "", NO),
+    ("list", "services", "*", NO),
+    ("watch", "nodes", "", NO),
+    ("impersonate", "serviceaccounts", "*", NO),
+    ("create", "serviceaccounts/token", "REL", NO),
     ("create", "addressgroups.nftpolicy.io", "", NO),
     ("patch", "addressgroups.nftpolicy.io", "", NO),
     ("delete", "addressgroups.nftpolicy.io", "", NO),
@@ -277,21 +315,54 @@ def test_agent_can_i(
     allowed: bool,
 ) -> None:
     ns = release.namespace if ns == "REL" else ns
+    resource = resource.replace("/AGENT", f"/{release.agent_sa}")  # the DaemonSet's name too
     assert can_i(control_plane, release.agent_token, verb, resource, ns) is allowed
+
+
+def test_agent_lists_and_watches_its_daemonset_by_field_selector_only(
+    control_plane: TestControlPlane, release: Release
+) -> None:
+    """What the agent's DaemonSet informer sends is allowed: a list and a watch with the field
+    selector metadata.name (which resourceNames needs); the same without it is refused."""
+    apps = client.AppsV1Api(control_plane.api_client(release.agent_token))
+    name, ns = release.agent_sa, release.namespace  # the DaemonSet is named like its account
+    by_name = f"metadata.name={name}"
+    listed = apps.list_namespaced_daemon_set(ns, field_selector=by_name)
+    assert [d.metadata.name for d in listed.items] == [name]
+    stream = apps.list_namespaced_daemon_set(
+        ns,
+        field_selector=by_name,
+        watch=True,
+        timeout_seconds=1,
+        resource_version=listed.metadata.resource_version,
+        _preload_content=False,
+    )
+    assert stream.status == 200
+    stream.release_conn()
+    for kwargs in ({}, {"watch": True, "timeout_seconds": 1, "_preload_content": False}):
+        with pytest.raises(client.exceptions.ApiException) as refused:
+            apps.list_namespaced_daemon_set(ns, **kwargs)
+        assert refused.value.status == 403, kwargs
 
 
 # ---- the real processes with exactly those tokens ------------------------------------------------
 
 
-def token_kubeconfig(plane: TestControlPlane, token: str, path: Path) -> Path:
-    """A kubeconfig with the CA and the bearer token only (no client certificate)."""
+def token_kubeconfig(
+    plane: TestControlPlane, token: str, path: Path, server: str | None = None
+) -> Path:
+    """A kubeconfig with the CA and the bearer token only (no client certificate), for the
+    API server at ``server`` (default: the control plane's URL)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
             {
                 "name": "test",
-                "cluster": {"server": plane.url, "certificate-authority": str(plane.ca_file)},
+                "cluster": {
+                    "server": server or plane.url,
+                    "certificate-authority": str(plane.ca_file),
+                },
             }
         ],
         "users": [{"name": "sa", "user": {"token": token}}],
@@ -315,15 +386,72 @@ def chart_args(
     return args
 
 
+def chart_capabilities(plane: TestControlPlane, kind: str, name: str, ns: str) -> list[str]:
+    """The capabilities the installed chart adds to the workload's container."""
+    obj = json.loads(plane.kubectl("-n", ns, "get", kind, name, "-o", "json").stdout)
+    context = obj["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert context["capabilities"]["drop"] == ["ALL"], context
+    caps: list[str] = context["capabilities"]["add"]
+    return caps
+
+
+# include/uapi/linux/capability.h
+_CAPABILITY_BITS = {"NET_BIND_SERVICE": 10, "NET_ADMIN": 12, "NET_RAW": 13, "SYS_ADMIN": 21}
+
+
+def effective_capabilities(pid: int) -> set[str]:
+    """The effective capabilities of process ``pid`` (of those a chart might grant)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(x for x in status.splitlines() if x.startswith("CapEff:")).split()[1], 16)
+    others = mask & ~sum(1 << bit for bit in _CAPABILITY_BITS.values())
+    assert others == 0, f"process {pid} has more capabilities: {mask:#x}"
+    return {name for name, bit in _CAPABILITY_BITS.items() if mask & (1 << bit)}
+
+
+@contextlib.contextmanager
+def api_server_in(netns_name: str, plane: TestControlPlane) -> Iterator[str]:
+    """The API server's URL as seen from network namespace ``netns_name``: a relay listening
+    on that namespace's 127.0.0.1 (the serving certificate's address) and connecting to the
+    API server from this one, so a process confined to the node's namespace (it cannot
+    switch namespaces without CAP_SYS_ADMIN) reaches it, as a hostNetwork agent does."""
+    with entered_netns(netns_name):
+        listener = socket.create_server(("127.0.0.1", 0))
+    target = ("127.0.0.1", int(plane.url.rsplit(":", 1)[1]))
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:  # started here, so it connects from this namespace
+        while True:
+            try:
+                client_sock, _ = listener.accept()
+                upstream = socket.create_connection(target, timeout=10)
+            except OSError:
+                return
+            upstream.settimeout(None)
+            for src, dst in ((client_sock, upstream), (upstream, client_sock)):
+                threading.Thread(target=pump, args=(src, dst), daemon=True).start()
+
+    threading.Thread(target=accept, name="api-relay", daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
 class Processes:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: list[str]) -> None:
+    def start(self, name: str, args: list[str], prefix: Sequence[str] = ()) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", *args],
+            [*prefix, sys.executable, "-m", "controller.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -381,6 +509,29 @@ def _get(custom: client.CustomObjectsApi, plural: str, name: str) -> dict[str, A
     return obj
 
 
+def agent_pod_token(
+    plane: TestControlPlane, release: Release, node: str, undo: list[Callable[[], object]]
+) -> str:
+    """The agent's token as the kubelet gives it: bound to an agent pod on ``node`` (no pod
+    runs; the object is enough), so it carries the node-name claim the chart's admission
+    policy checks."""
+    core = client.CoreV1Api(plane.api_client())
+    pod = f"agent-{node}"
+    core.create_namespaced_pod(
+        release.namespace,
+        {
+            "metadata": {"name": pod},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": release.agent_sa,
+                "containers": [{"name": "agent", "image": "nftpolicy"}],
+            },
+        },
+    )
+    undo.append(lambda: core.delete_namespaced_pod(pod, release.namespace, grace_period_seconds=0))
+    return plane.token_for(release.namespace, release.agent_sa, pod=pod)
+
+
 def _add_node(
     plane: TestControlPlane,
     net: NetnsCluster,
@@ -428,12 +579,25 @@ def test_operator_and_agent_work_with_the_chart_rbac_only(
 
     full = f"{release.name}-nftpolicy"
     operator_kc = token_kubeconfig(plane, release.operator_token, tmp_path / "operator.kubeconfig")
-    agent_kc = token_kubeconfig(plane, release.agent_token, tmp_path / "agent.kubeconfig")
+    agent_token = agent_pod_token(plane, release, node, undo)
+    stack = contextlib.ExitStack()
+    undo.append(stack.close)
+    relay = stack.enter_context(api_server_in(netns, plane))
+    agent_kc = token_kubeconfig(plane, agent_token, tmp_path / "agent.kubeconfig", relay)
     op_args = chart_args(plane, "deployment", f"{full}-operator", ns, {"POD_NAME": "operator-0"})
     agent_args = chart_args(plane, "daemonset", f"{full}-agent", ns, {"NODE_NAME": node})
     assert op_args[0] == "operator" and agent_args[0] == "agent"
     processes.start("operator", [*op_args, "--kubeconfig", str(operator_kc)])
-    processes.start("agent", [*agent_args, "--kubeconfig", str(agent_kc), "--netns", netns])
+    # The agent runs in its node's namespace with exactly the capabilities the chart grants
+    # (as root: capabilities added to another user are not effective), not as this root test.
+    caps = chart_capabilities(plane, "daemonset", f"{full}-agent", ns)
+    confined = [
+        *("ip", "netns", "exec", netns, "setpriv", "--inh-caps=-all"),
+        "--bounding-set=-all," + ",".join(f"+{c.lower()}" for c in caps),
+    ]
+    # (--state-dir: the node's directory is this test's, not the host's)
+    own = ["--kubeconfig", str(agent_kc), "--state-dir", str(tmp_path / "state")]
+    processes.start("agent", [*agent_args, *own], prefix=confined)
 
     networking = client.NetworkingV1Api(plane.api_client())
     undo.append(lambda: networking.delete_namespaced_network_policy("a-from-b", app_ns))
@@ -492,6 +656,16 @@ def test_operator_and_agent_work_with_the_chart_rbac_only(
         log = processes.log(name)
         # "orbidden": Forbidden (API), forbidden (kopf's messages), APIForbiddenError
         assert "orbidden" not in log, f"{name} was refused something:\n{log}"
+    # the chart's --daemonset: the agent sees its DaemonSet (uninstall versus restart)
+    eventually(
+        lambda: "a stop keeps the table unless it is deleted" in processes.log("agent"),
+        TIMEOUT,
+        f"the agent seeing its DaemonSet\n{processes.logs_text()}",
+    )
+    agent_log = processes.log("agent")
+    assert "not permitted" not in agent_log, agent_log
+    assert "conntrack clean-up failed" not in agent_log, agent_log
+    assert effective_capabilities(processes.procs["agent"].pid) == set(caps)
 
 
 def test_agent_without_rbac_says_forbidden(
@@ -526,3 +700,150 @@ def test_agent_without_rbac_says_forbidden(
         check=False,
     )
     assert table.returncode != 0  # nothing was applied
+
+
+def test_helm_uninstall_then_sigterm_removes_the_table(
+    control_plane: TestControlPlane,
+    netns_cluster: NetnsCluster,
+    processes: Processes,
+    tmp_path: Path,
+    undo: list[Callable[[], object]],
+) -> None:
+    """The real order of an uninstall: ``helm uninstall`` deletes the DaemonSet, then the
+    agent's RoleBindings and ServiceAccount (its token stops working), and only then would the
+    garbage collector have the kubelet SIGTERM the pods. The agent, running with the chart's
+    arguments and RBAC, saw the deletion on the watch it opened before and removes its table
+    and saved ruleset. Catches: an agent that cannot watch its DaemonSet with the chart's
+    Role, or that re-checks at SIGTERM (refused by then) and so never removes anything."""
+    plane, suffix = control_plane, uuid.uuid4().hex[:6]
+    name, ns = f"un-{suffix}", f"nftpolicy-un-{suffix}"
+    home = tmp_path / "helm"
+    _helm(plane, home, "install", name, str(CHART), "--namespace", ns, "--create-namespace")
+    node = f"{suffix}-un"
+    netns = _add_node(plane, netns_cluster, node, "10.213.0.0/24", undo)
+    custom = _custom(plane)
+    custom.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        NODE_RULES,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "NodeRules",
+            "metadata": {"name": node},
+            "spec": {},
+        },
+    )
+    undo.append(lambda: custom.delete_cluster_custom_object(GROUP, VERSION, NODE_RULES, node))
+    sa = f"{name}-nftpolicy-agent"
+    release = Release(name, ns, "", "", sa, "", "")
+    token = agent_pod_token(plane, release, node, undo)
+    stack = contextlib.ExitStack()
+    undo.append(stack.close)
+    relay = stack.enter_context(api_server_in(netns, plane))
+    kubeconfig = token_kubeconfig(plane, token, tmp_path / "agent.kubeconfig", relay)
+    args = chart_args(plane, "daemonset", sa, ns, {"NODE_NAME": node})
+    assert f"--daemonset={ns}/{sa}" in args
+    state = tmp_path / "state"
+    processes.start(
+        "agent",
+        [*args, "--kubeconfig", str(kubeconfig), "--state-dir", str(state)],
+        prefix=["ip", "netns", "exec", netns],
+    )
+    saved = state / f"ruleset-{node}.json"
+    eventually(
+        lambda: (
+            "a stop keeps the table unless it is deleted" in processes.log("agent")
+            and saved.exists()
+        ),
+        TIMEOUT,
+        f"the agent applying and seeing its DaemonSet\n{processes.logs_text()}",
+    )
+
+    _helm(plane, home, "uninstall", name, "--namespace", ns)
+    eventually(
+        lambda: "stopping this agent will remove the table" in processes.log("agent"),
+        TIMEOUT,
+        f"the agent seeing its DaemonSet deleted\n{processes.logs_text()}",
+    )
+    # by now the agent's identity is gone: a check made at SIGTERM would be refused
+    with pytest.raises(client.exceptions.ApiException) as refused:
+        client.AppsV1Api(plane.api_client(token)).list_namespaced_daemon_set(
+            ns, field_selector=f"metadata.name={sa}"
+        )
+    assert refused.value.status in (401, 403), refused.value
+    proc = processes.procs.pop("agent")
+    proc.terminate()  # what the kubelet does once the garbage collector deleted the pod
+    assert proc.wait(10) == 0
+    log = processes.log("agent")
+    assert "uninstalled: table inet nftpolicy removed, saved ruleset removed" in log, log
+    table = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "list", "table", FAMILY, TABLE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert table.returncode != 0, f"the table survived helm uninstall:\n{table.stdout}"
+    assert not saved.exists()
+
+
+# ---- the admission policy: each agent writes its own node's status only ---------------------
+
+
+def _patch_status(plane: TestControlPlane, token: str, name: str) -> str:
+    """Merge-patch NodeRules ``name``'s status as the agent does; "" if allowed, else why not."""
+    custom = client.CustomObjectsApi(plane.api_client(token))
+    try:
+        custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, NODE_RULES, name, {"status": {"error": "written by the test"}}
+        )
+    except client.exceptions.ApiException as e:
+        return f"{e.status} {e.body}"
+    return ""
+
+
+def test_agent_patches_the_status_of_its_own_node_only(
+    control_plane: TestControlPlane, release: Release, undo: list[Callable[[], object]]
+) -> None:
+    plane, suffix = control_plane, release.namespace.rsplit("-", 1)[1]
+    node_a, node_b = f"{suffix}-va", f"{suffix}-vb"
+    core, custom = client.CoreV1Api(plane.api_client()), _custom(plane)
+    for node in (node_a, node_b):
+        core.create_node({"metadata": {"name": node}})
+        undo.append(lambda n=node: core.delete_node(n))
+        custom.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            NODE_RULES,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "NodeRules",
+                "metadata": {"name": node},
+                "spec": {},
+            },
+        )
+        undo.append(
+            lambda n=node: custom.delete_cluster_custom_object(GROUP, VERSION, NODE_RULES, n)
+        )
+    token_a = agent_pod_token(plane, release, node_a, undo)
+    whoami = json.loads(plane.kubectl("auth", "whoami", "-o", "json", token=token_a).stdout)
+    extra = whoami["status"]["userInfo"]["extra"]
+    assert extra["authentication.kubernetes.io/node-name"] == [node_a], whoami
+
+    # RBAC lets every agent token patch every NodeRules status ...
+    assert can_i(plane, token_a, "patch", f"noderules.nftpolicy.io/{node_b}#status", "")
+    # ... the admission policy narrows that to its own node.
+    assert _patch_status(plane, token_a, node_a) == ""
+    got = _get(custom, NODE_RULES, node_a)
+    assert got is not None and got["status"]["error"] == "written by the test"
+    refused = _patch_status(plane, token_a, node_b)
+    assert refused.startswith("403"), refused
+    assert f"may only write the status of NodeRules {node_a}, not of {node_b}" in refused
+    assert (_get(custom, NODE_RULES, node_b) or {}).get("status") is None
+
+    # A token not bound to a pod carries no node: fail closed, even for "its own" node.
+    for node in (node_a, node_b):
+        refused = _patch_status(plane, release.agent_token, node)
+        assert refused.startswith("403") and "no node-name claim" in refused, refused
+    # The operator (another ServiceAccount) is not concerned by the policy; RBAC refuses it
+    # status writes anyway.
+    assert _patch_status(plane, release.operator_token, node_a).startswith("403")

@@ -134,6 +134,13 @@ class FakeKernel:
     def apply(self, ruleset: dict[str, Any]) -> None:
         self.applied.append(ruleset)
 
+    def counter_packets(self, name: str) -> int | None:
+        return None
+
+    def read(self) -> dict[str, Any] | None:
+        """The listing the drift check digests: never changes here, so no drift."""
+        return {"nftables": []}
+
 
 @pytest.fixture
 def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:

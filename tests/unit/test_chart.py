@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.agent.agent import STOP_APPLY_WAIT
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "nftpolicy"
 GOLDEN = Path(__file__).with_name("golden") / "chart"
@@ -148,13 +150,14 @@ def test_crds_come_from_the_crds_directory(helm: Path, default_objs: list[dict[s
 
 def test_kube_version_constraint() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["kubeVersion"] == ">=1.25.0-0"
+    # ValidatingAdmissionPolicy v1 and the node-name claim of pod-bound tokens: 1.30
+    assert chart["kubeVersion"] == ">=1.30.0-0"
 
 
 def test_older_kubernetes_is_refused(helm: Path) -> None:
-    proc = run_helm(helm, "template", RELEASE, str(CHART), "--kube-version", "1.24.9", check=False)
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--kube-version", "1.29.9", check=False)
     assert proc.returncode != 0
-    assert "kubeVersion" in proc.stderr or ">=1.25.0-0" in proc.stderr, proc.stderr
+    assert "kubeVersion" in proc.stderr or ">=1.30.0-0" in proc.stderr, proc.stderr
 
 
 # ---- the agent -------------------------------------------------------------------------------
@@ -178,13 +181,22 @@ def test_agent_daemonset_runs_on_every_node_in_the_host_network(
     assert "--resync-period=30" in c["args"]
     assert "--no-conntrack-cleanup" not in c["args"]
     assert not any("netns" in a for a in c["args"])  # the node's own namespace
-    # nothing from the node's file system: nftables, conntrack and netlink need no mounts
-    assert all(v.get("hostPath") is None for v in pod.get("volumes", []))
+    # from the node's file system only the directory of the saved ruleset (nftables,
+    # conntrack and netlink need no mounts)
+    assert "--state-dir=/var/lib/nftpolicy" in c["args"]
+    host = [v["hostPath"] for v in pod["volumes"] if v.get("hostPath")]
+    assert host == [{"path": "/var/lib/nftpolicy", "type": "DirectoryOrCreate"}]
+    assert {"name": "state", "mountPath": "/var/lib/nftpolicy"} in c["volumeMounts"]
+    # uninstall: the agent watches its own DaemonSet; on SIGTERM it may wait 5 s for an apply
+    # (agent.STOP_APPLY_WAIT), then remove the table and the file
+    assert f"--daemonset={NAMESPACE}/nftpolicy-agent" in c["args"]
+    assert ds["metadata"]["name"] == "nftpolicy-agent"
+    assert pod["terminationGracePeriodSeconds"] >= STOP_APPLY_WAIT + 5
 
 
-def test_agent_has_exactly_net_admin_and_net_raw(default_objs: list[dict[str, Any]]) -> None:
+def test_agent_has_exactly_net_admin(default_objs: list[dict[str, Any]]) -> None:
     sc = container(find(default_objs, "DaemonSet", "-agent"))["securityContext"]
-    assert sorted(sc["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
+    assert sc["capabilities"]["add"] == ["NET_ADMIN"]  # tests/integration/test_capabilities.py
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc["privileged"] is False
     assert sc["allowPrivilegeEscalation"] is False
@@ -223,10 +235,14 @@ def test_agent_options_from_values(custom_objs: list[dict[str, Any]]) -> None:
         "agent",
         "--node=$(NODE_NAME)",
         "--resync-period=10",
+        "--state-dir=/var/lib/nftpolicy",
         "--no-conntrack-cleanup",
         "--no-log",
+        "--unknown-endpoints=allow",
+        "--pod-cidrs=10.244.0.0/24,fd00:244::/64",
         "--log-level=debug",
         "--metrics-port=9091",
+        "--metrics-address=0.0.0.0",
     ]
     assert c["image"] == "registry.example.com/net/nftpolicy:0.1.0-rc1"
     assert c["imagePullPolicy"] == "Always"
@@ -255,8 +271,12 @@ def test_operator_deployment_defaults(default_objs: list[dict[str, Any]]) -> Non
         "--identity=$(POD_NAME)",
         "--default-deny=none",
         "--exempt-namespace=kube-system",
+        "--dns-namespace=kube-system",
+        "--dns-pod-selector=k8s-app=kube-dns",
+        "--dns-service-selector=k8s-app=kube-dns",
         "--log-level=info",
         "--metrics-port=9090",
+        "--metrics-address=0.0.0.0",
     ]
     assert c["image"] == "nftpolicy:0.1.0"  # appVersion when image.tag is empty
     pdb = find(default_objs, "PodDisruptionBudget")
@@ -280,11 +300,39 @@ def test_operator_options_from_values(custom_objs: list[dict[str, Any]]) -> None
         "--no-dns-allowance",
         "--log-level=warning",
         "--metrics-port=9090",
+        "--metrics-address=0.0.0.0",
     ]
     pod = dep["spec"]["template"]["spec"]
     assert "podAntiAffinity" not in pod["affinity"]  # replaced by operator.affinity
     assert not [o for o in custom_objs if o["kind"] == "PodDisruptionBudget"]  # one replica
     assert not [o for o in custom_objs if o["kind"] == "Service"]  # metrics Service disabled
+
+
+def test_dns_values_map_to_the_flags_and_rbac(helm: Path) -> None:
+    objs = objects(
+        template(
+            helm,
+            "--set",
+            "dns.namespace=dns",
+            "--set",
+            "dns.podSelector=app=unbound\\,tier=dns",
+            "--set",
+            "dns.addresses={169.254.20.10,fd00::53}",
+        )
+    )
+    args = container(find(objs, "Deployment", "-operator"))["args"]
+    assert [a for a in args if a.startswith("--dns-")] == [
+        "--dns-namespace=dns",
+        "--dns-pod-selector=app=unbound,tier=dns",
+        "--dns-service-selector=k8s-app=kube-dns",
+        "--dns-address=169.254.20.10",
+        "--dns-address=fd00::53",
+    ]
+    role = find(objs, "Role", "-operator-dns")
+    assert role["metadata"]["namespace"] == "dns"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -331,10 +379,8 @@ def grants(role: dict[str, Any]) -> set[tuple[str, str, str, str]]:
 def test_agent_cluster_role_verbs(default_objs: list[dict[str, Any]]) -> None:
     role = find(default_objs, "ClusterRole", "-agent")
     assert grants(role) == {
-        ("nftpolicy.io", "noderules", "get", "*"),
         ("nftpolicy.io", "noderules", "list", "*"),
         ("nftpolicy.io", "noderules", "watch", "*"),
-        ("nftpolicy.io", "addressgroups", "get", "*"),
         ("nftpolicy.io", "addressgroups", "list", "*"),
         ("nftpolicy.io", "addressgroups", "watch", "*"),
         ("nftpolicy.io", "noderules/status", "patch", "*"),
@@ -369,6 +415,32 @@ def test_operator_cluster_role_verbs(default_objs: list[dict[str, Any]]) -> None
         ("", "events", "create", "*"),
     }
     assert not [g for g in got if g[1] in ("secrets", "configmaps") or g[2] in ("*", "update")]
+
+
+def test_agent_daemonset_role_names_its_own_daemonset_only(
+    default_objs: list[dict[str, Any]], custom_objs: list[dict[str, Any]]
+) -> None:
+    """List and watch of the agent's own DaemonSet, in the release namespace (a list or watch
+    authorized by resourceNames needs the field selector metadata.name the agent sends:
+    tests/integration/test_helm_rbac.py)."""
+    role = find(default_objs, "Role", "-agent-daemonset")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert grants(role) == {
+        ("apps", "daemonsets", "list", "nftpolicy-agent"),
+        ("apps", "daemonsets", "watch", "nftpolicy-agent"),
+    }
+    binding = find(default_objs, "RoleBinding", "-agent-daemonset")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "nftpolicy-agent", "namespace": NAMESPACE}
+    ]
+    # agent.removeRulesOnUninstall: false -> neither the Role nor the flag
+    assert not [o for o in custom_objs if o["metadata"]["name"].endswith("-agent-daemonset")]
 
 
 def test_operator_lease_role_is_namespaced_and_named(default_objs: list[dict[str, Any]]) -> None:
@@ -407,12 +479,19 @@ def test_metrics_service_selects_operator_and_agents(default_objs: list[dict[str
 
 
 def test_every_object_is_labelled_and_namespaced(default_objs: list[dict[str, Any]]) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for obj in default_objs:
         meta = obj["metadata"]
         assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE, meta["name"]
         if obj["kind"] in cluster_scoped:
             assert "namespace" not in meta
+        elif meta["name"].endswith("-operator-dns"):  # reads the DNS Services where they are
+            assert meta["namespace"] == "kube-system" and obj["kind"] in ("Role", "RoleBinding")
         else:
             assert meta["namespace"] == NAMESPACE, (obj["kind"], meta["name"])
 
@@ -434,3 +513,34 @@ def test_no_privileged_pod_anywhere(
         for node in _walk(obj):
             if isinstance(node, dict) and "privileged" in node:
                 assert node["privileged"] is False
+
+
+def test_agent_status_admission_policy(default_objs: list[dict[str, Any]]) -> None:
+    """The policy matches the agent's ServiceAccount in the release namespace (its behaviour is
+    tested against a real API server in tests/integration/test_helm_rbac.py)."""
+    policy = find(default_objs, "ValidatingAdmissionPolicy", "-agent-own-node")
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (condition,) = spec["matchConditions"]
+    assert f'"system:serviceaccount:{NAMESPACE}:nftpolicy-agent"' in condition["expression"]
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["noderules", "noderules/*"]
+    binding = find(default_objs, "ValidatingAdmissionPolicyBinding", "-agent-own-node")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+
+
+def test_metrics_listen_addresses(helm: Path) -> None:
+    objs = objects(
+        template(
+            helm, "--set", "metrics.agentAddress=$(HOST_IP)", "--set", "metrics.operatorAddress=::"
+        )
+    )
+    agent = container(find(objs, "DaemonSet", "-agent"))
+    assert "--metrics-address=$(HOST_IP)" in agent["args"]
+    assert {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}} in agent[
+        "env"
+    ]
+    assert "--metrics-address=::" in container(find(objs, "Deployment", "-operator"))["args"]

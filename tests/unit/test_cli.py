@@ -91,7 +91,16 @@ def test_default_deny_flag_isolates_unselected_pods(capsys: pytest.CaptureFixtur
     )
     with_deny = capsys.readouterr().out
     assert 'comment "monitoring/prometheus-0"' in with_deny
-    assert ". udp . 53" in with_deny  # the DNS allowance
+    # The DNS allowance leads to the cluster's DNS only: the examples have no kube-dns pod, so
+    # none (fail closed; port 53 of every address was open before issue 9).
+    assert ". udp . 53" not in with_deny
+    args = ["compile", "-f", str(EXAMPLES), "--node", "node-2", "--format", "nft"]
+    assert main([*args, "--default-deny", "all", "--dns-address", "169.254.20.10"]) == 0
+    with_resolver = capsys.readouterr().out
+    assert "169.254.20.10 . udp . 53" in with_resolver
+    assert "169.254.20.10 . tcp . 53" in with_resolver
+    assert main([*args, "--default-deny", "all", "--dns-pod-selector", "k8s-app"]) == 2
+    assert "--dns-pod-selector: 'k8s-app' is not key=value" in capsys.readouterr().err
     assert (
         main(["compile", "-f", str(EXAMPLES), "--node", "node-2", "--default-deny", "sideways"])
         == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e import install, kind_config, netpol, providers
+from e2e import fail_closed, install, kind_config, netpol, providers
 from tests.netpol_upstream import model
 from tests.netpol_upstream.cases import (
     CASES,
@@ -348,3 +349,55 @@ def test_helm_install_args() -> None:
     assert install.docker_build_args("nftpolicy:e2e") == [
         "build", "--tag", "nftpolicy:e2e", str(ROOT)
     ]  # fmt: skip
+
+
+# ---- fail_closed: the new-pod sweep ------------------------------------------------------------
+
+
+def _sweep_lines(*events: tuple[float, str, str]) -> list[str]:
+    return [json.dumps(list(e)) for e in events] + ["not json: kubectl's own noise"]
+
+
+def test_sweep_intervals_pair_open_and_closed_and_keep_the_last_open() -> None:
+    lines = _sweep_lines(
+        (1.0, "", "started"), (2.0, "10.0.0.5", "open"), (3.0, "10.0.0.5", "closed"),
+        (4.0, "10.0.0.6", "open"), (5.0, "10.0.0.7", "closed"),
+    )  # fmt: skip
+    assert fail_closed.sweep_started(lines) == 1.0
+    assert fail_closed.parse_sweep(lines) == [
+        fail_closed.Interval("10.0.0.5", 2.0, 3.0),
+        fail_closed.Interval("10.0.0.6", 4.0, math.inf),
+    ]
+
+
+def test_a_breach_is_any_overlap_with_the_pods_lifetime_on_its_ip() -> None:
+    pod = fail_closed.Lifetime("fc-deny/t0", "10.0.0.5", created=10.0, reported=11.0, gone=20.0)
+    before = fail_closed.Interval("10.0.0.5", 1.0, 9.0)  # an earlier pod with the same IP
+    other_ip = fail_closed.Interval("10.0.0.6", 12.0, 13.0)
+    assert fail_closed.breaches([before, other_ip], [pod]) == []
+    during = fail_closed.Interval("10.0.0.5", 10.5, 10.7)  # before the IP was even reported
+    assert fail_closed.breaches([during], [pod]) == [
+        "fc-deny/t0 (10.0.0.5) open from +0.500 s to +0.700 s after its creation"
+    ]
+
+
+def test_wait_is_from_the_ip_report_to_the_first_connection_and_never_negative() -> None:
+    pods = [
+        fail_closed.Lifetime("a", "10.0.0.5", created=10.0, reported=11.0, gone=20.0),
+        fail_closed.Lifetime("b", "10.0.0.6", created=10.0, reported=11.0, gone=20.0),
+        fail_closed.Lifetime("c", "10.0.0.7", created=10.0, reported=11.0, gone=20.0),
+    ]
+    intervals = [
+        fail_closed.Interval("10.0.0.5", 11.25, math.inf),
+        fail_closed.Interval("10.0.0.6", 10.9, 12.0),  # our watch saw the report late
+        fail_closed.Interval("10.0.0.7", 21.0, 22.0),  # after the pod was gone: not its wait
+    ]
+    assert fail_closed.waits(intervals, pods) == {"a": 0.25, "b": 0.0, "c": None}
+
+
+def test_nearest_rank_percentile() -> None:
+    values = [float(v) for v in range(1, 51)]
+    assert fail_closed.percentile(values, 99) == 50.0
+    assert fail_closed.percentile(values, 50) == 25.0
+    with pytest.raises(ValueError):
+        fail_closed.percentile([], 50)

@@ -75,7 +75,8 @@ def test_newest_pod_owns_the_address_as_target_and_as_peer() -> None:
     new = pod("new", created=NEW, app="server")
     peer = pod("peer", "10.244.1.20", created=OLD, app="client")
     c = compile_objects([SERVER_FROM_CLIENT, old, new, peer])
-    assert local_keys(c) == {"x/new": ("10.244.1.10",)}
+    # every local pod with an address is listed; old has none left
+    assert local_keys(c) == {"x/new": ("10.244.1.10",), "x/peer": ("10.244.1.20",)}
     assert client_group(c) == {"10.244.1.20"}  # the old pod's address is not a client any more
     assert c.take_ip_conflicts() == [IPConflict(IP, "x/new", ("x/old",))]
     assert c.take_ip_conflicts() == []  # reported once per change
@@ -121,7 +122,8 @@ def test_a_dual_stack_pod_loses_only_the_contested_family() -> None:
     v6 = ipaddress.ip_address("fd00:244:1::10")
     old = Pod("x", "old", {"app": "server"}, "n1", (IP, v6), created=OLD)
     c = compile_objects([SERVER_FROM_CLIENT, old, pod("new", created=NEW)])
-    assert local_keys(c) == {"x/old": ("fd00:244:1::10",)}  # new is not isolated
+    # new (not isolated) is listed with the address it owns, old with the other family's
+    assert local_keys(c) == {"x/old": ("fd00:244:1::10",), "x/new": ("10.244.1.10",)}
 
 
 def test_status_churn_of_a_conflicting_pod_reports_nothing_new() -> None:
