@@ -246,6 +246,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # At debug, pyroute2 logs every netlink message: thousands of lines per conntrack pass,
+    # which would rotate our own lines out of the container log within seconds.
+    logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
     if args.command == "operator":
         from controller.operator.engine import OperatorConfig
         from controller.operator.run import run_operator

@@ -2,11 +2,14 @@
 
 A *sweeper* pod connects, over and over, to every address of one node's pod range, before,
 while and after the pods under test exist there, and prints each address's transitions
-(``[time, ip, "open"|"closed"]``, one JSON line each, wall-clock seconds: every pod shares the
-host's clock here). From those lines and each test pod's lifetime the test tells whether a
-disallowed sweeper ever connected to a pod under test, and how long an allowed one waited from
-the pod's IP being reported until its first connection (perf-tests'
-pod_creation_reachability_latency).
+(``[time, ip, state]``, one JSON line each, wall-clock seconds: every pod shares the host's
+clock here). The state is ``open`` (handshake done), ``refused`` (the pod answered with a reset:
+its server is not listening yet, but the packet reached it) or ``silent`` (no answer: dropped on
+the way, or nobody there; nftpolicy drops, it never rejects). *Reached* is open or refused.
+From those lines and each test pod's lifetime the test tells whether a disallowed sweeper's
+packets ever reached a pod under test, and how long an allowed one waited from the pod's IP
+being reported until its packets first reached it (perf-tests'
+pod_creation_reachability_latency; the server's own start-up is not counted).
 
 Pure functions here; the test module drives kubectl.
 """
@@ -29,10 +32,11 @@ hosts = [str(h) for h in ipaddress.ip_network(sys.argv[1]).hosts()]
 port, wait = int(sys.argv[2]), float(sys.argv[3])
 family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 state = {}
-def mark(ip, now_open):
-    if state.get(ip) != now_open:
-        state[ip] = now_open
-        print(json.dumps([time.time(), ip, "open" if now_open else "closed"]), flush=True)
+def mark(ip, err):
+    now = "open" if err == 0 else "refused" if err == errno.ECONNREFUSED else "silent"
+    if state.get(ip) != now:
+        state[ip] = now
+        print(json.dumps([time.time(), ip, now]), flush=True)
 print(json.dumps([time.time(), "", "started"]), flush=True)
 while True:
     sel, pending = selectors.DefaultSelector(), {}
@@ -41,7 +45,7 @@ while True:
         s.setblocking(False)
         err = s.connect_ex((ip, port))
         if err != errno.EINPROGRESS:  # settled at once (loopback, no route)
-            mark(ip, err == 0)
+            mark(ip, err)
             s.close()
             continue
         sel.register(s, selectors.EVENT_WRITE, ip)
@@ -50,20 +54,23 @@ while True:
     while pending and (left := deadline - time.monotonic()) > 0:
         for key, _ in sel.select(left):
             ip = key.data
-            mark(ip, key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+            mark(ip, key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
             sel.unregister(key.fileobj)
             key.fileobj.close()
             del pending[ip]
     for ip, s in pending.items():
-        mark(ip, False)
+        mark(ip, errno.ETIMEDOUT)
         s.close()
     sel.close()
 """
 
 
+REACHED = ("open", "refused")
+
+
 @dataclass(frozen=True)
 class Interval:
-    """When ``ip`` was open to one sweeper: from ``start`` to ``end`` (inf: still open)."""
+    """When one sweeper's packets reached ``ip``: from ``start`` to ``end`` (inf: still)."""
 
     ip: str
     start: float
@@ -83,7 +90,7 @@ class Lifetime:
 
 
 def parse_sweep(lines: Iterable[str]) -> list[Interval]:
-    """Transition lines -> the intervals in which each address was open."""
+    """Transition lines -> the intervals in which each address was reached."""
     opened: dict[str, float] = {}
     out: list[Interval] = []
     for line in lines:
@@ -91,9 +98,9 @@ def parse_sweep(lines: Iterable[str]) -> list[Interval]:
         if not line.startswith("["):
             continue
         at, ip, what = json.loads(line)
-        if what == "open":
+        if what in REACHED:
             opened.setdefault(ip, float(at))
-        elif what == "closed" and ip in opened:
+        elif what == "silent" and ip in opened:
             out.append(Interval(ip, opened.pop(ip), float(at)))
     out += [Interval(ip, start, math.inf) for ip, start in opened.items()]
     return out
@@ -110,22 +117,22 @@ def sweep_started(lines: Iterable[str]) -> float | None:
 
 
 def breaches(intervals: Sequence[Interval], pods: Sequence[Lifetime]) -> list[str]:
-    """Every moment a disallowed sweeper could connect to a pod under test while it existed."""
+    """Every moment a disallowed sweeper's packets reached a pod under test while it existed."""
     out = []
     for pod in pods:
         for iv in intervals:
             if iv.ip == pod.ip and iv.start < pod.gone and iv.end > pod.created:
                 out.append(
-                    f"{pod.name} ({pod.ip}) open from {iv.start - pod.created:+.3f} s to "
+                    f"{pod.name} ({pod.ip}) reached from {iv.start - pod.created:+.3f} s to "
                     f"{iv.end - pod.created:+.3f} s after its creation"
                 )
     return out
 
 
 def waits(intervals: Sequence[Interval], pods: Sequence[Lifetime]) -> dict[str, float | None]:
-    """Per pod: seconds from its IP being reported to the allowed sweeper's first connection
+    """Per pod: seconds from its IP being reported until the allowed sweeper first reached it
     (never negative: our watch may see the report after the agent acted on it); None when the
-    allowed sweeper never connected while the pod existed."""
+    allowed sweeper never reached it while the pod existed."""
     out: dict[str, float | None] = {}
     for pod in pods:
         starts = [

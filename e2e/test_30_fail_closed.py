@@ -196,9 +196,11 @@ def test_new_pods_are_never_reachable_from_disallowed_peers(
             f"p50 {fc.percentile(measured, 50) * 1000:.0f} ms, "
             f"p99 {fc.percentile(measured, 99) * 1000:.0f} ms, "
             f"max {max(measured) * 1000:.0f} ms over {len(measured)} pods "
-            "(IP reported -> first connection)"
+            "(IP reported -> its packets first reached the pod)"
         )
-    assert found == {name: [] for name in logs}, f"disallowed peers connected: {found}"
+    assert found == {name: [] for name in logs}, (
+        f"disallowed peers' packets reached pods under test: {found}"
+    )
     never = [n for n, w in waits.items() if w is None]
     assert not never, f"the allowed sweeper never reached {never}"
     slow = {n: round(w, 3) for n, w in waits.items() if w is not None and w > WAIT_BOUND}

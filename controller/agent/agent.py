@@ -174,6 +174,7 @@ class Agent:
             )
         self._worker = threading.Thread(target=self._loop, name="agent-apply", daemon=True)
         self._status = _StatusWriter(config.node, self._write_status)
+        self._flows = _FlowCleaner(self._clean_flows)
         self.metrics = Metrics("nftpolicy_agent")
         for name, kind, text in (
             ("applies_total", "counter", "nftables transactions committed"),
@@ -307,6 +308,7 @@ class Agent:
         for informer in self.informers:
             informer.start()
         self._status.start()
+        self._flows.start()
         self._worker.start()
         return self
 
@@ -318,6 +320,7 @@ class Agent:
         if self._daemonset is not None:
             self._daemonset.stop()
         self._status.stop()
+        self._flows.stop()
         self._worker.join(timeout=STOP_APPLY_WAIT)
 
     def run_forever(self) -> None:
@@ -526,13 +529,16 @@ class Agent:
         self._report(generation, "; ".join(problems) or None, rules.pods, rules.policies)
 
     def _remove_flows(self, ruleset: dict[str, Any], pods: tuple[Any, ...]) -> None:
-        """Remove established flows of local pods that ``ruleset`` does not allow."""
-        if not self.config.conntrack_cleanup:
-            return
-        ips = [ip for pod in pods for ip in pod.ips]
+        """Have the flow cleaner remove established flows of local pods that ``ruleset`` does
+        not allow. Not on this thread: walking a conntrack table of tens of thousands of flows
+        takes seconds, and the next apply (a new pod waiting to be known) must not wait."""
+        if self.config.conntrack_cleanup:
+            self._flows.submit(ruleset, [ip for pod in pods for ip in pod.ips])
+
+    def _clean_flows(self, ruleset: dict[str, Any], ips: list[Any]) -> None:
+        """One clean-up pass (the flow cleaner's thread)."""
         # A flow can end between the dump and its deletion: pyroute2 then raises
-        # NetlinkError(ENOENT), which is not an OSError and used to end this thread (no
-        # apply and no status report any more). A fresh pass no longer sees that flow.
+        # NetlinkError(ENOENT), which is not an OSError. A fresh pass no longer sees that flow.
         for attempt in range(1, CONNTRACK_ATTEMPTS + 1):
             try:
                 removed = conntrack.remove_disallowed(self.config.netns, Ruleset(ruleset), ips)
@@ -751,6 +757,41 @@ class Agent:
             {"status": status},
             _request_timeout=timeouts.REQUEST,
         )
+
+
+class _FlowCleaner:
+    """Runs conntrack clean-up passes on its own thread, newest ruleset only: a pass for an
+    older ruleset that is still waiting when a newer one arrives is dropped (the newer pass
+    judges every flow against what is in force now)."""
+
+    def __init__(self, clean: Callable[[dict[str, Any], list[Any]], None]) -> None:
+        self._clean = clean
+        self._lock = threading.Lock()
+        self._pending: tuple[dict[str, Any], list[Any]] | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent-conntrack", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def submit(self, ruleset: dict[str, Any], ips: list[Any]) -> None:
+        with self._lock:
+            self._pending = (ruleset, ips)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                job, self._pending = self._pending, None
+            if job is not None and not self._stop.is_set():
+                self._clean(*job)
 
 
 class _StatusWriter:

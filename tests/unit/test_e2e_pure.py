@@ -358,10 +358,11 @@ def _sweep_lines(*events: tuple[float, str, str]) -> list[str]:
     return [json.dumps(list(e)) for e in events] + ["not json: kubectl's own noise"]
 
 
-def test_sweep_intervals_pair_open_and_closed_and_keep_the_last_open() -> None:
+def test_sweep_intervals_run_from_reached_to_silent_and_keep_the_last_open() -> None:
+    """Refused (a reset from the pod: its server not listening yet) is reached too."""
     lines = _sweep_lines(
-        (1.0, "", "started"), (2.0, "10.0.0.5", "open"), (3.0, "10.0.0.5", "closed"),
-        (4.0, "10.0.0.6", "open"), (5.0, "10.0.0.7", "closed"),
+        (1.0, "", "started"), (2.0, "10.0.0.5", "refused"), (2.5, "10.0.0.5", "open"),
+        (3.0, "10.0.0.5", "silent"), (4.0, "10.0.0.6", "open"), (5.0, "10.0.0.7", "silent"),
     )  # fmt: skip
     assert fail_closed.sweep_started(lines) == 1.0
     assert fail_closed.parse_sweep(lines) == [
@@ -377,7 +378,7 @@ def test_a_breach_is_any_overlap_with_the_pods_lifetime_on_its_ip() -> None:
     assert fail_closed.breaches([before, other_ip], [pod]) == []
     during = fail_closed.Interval("10.0.0.5", 10.5, 10.7)  # before the IP was even reported
     assert fail_closed.breaches([during], [pod]) == [
-        "fc-deny/t0 (10.0.0.5) open from +0.500 s to +0.700 s after its creation"
+        "fc-deny/t0 (10.0.0.5) reached from +0.500 s to +0.700 s after its creation"
     ]
 
 
