@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -72,6 +72,7 @@ from controller.resources import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONNTRACK_ATTEMPTS = 3  # clean-up passes after an apply that narrowed what is allowed
 STOP_APPLY_WAIT = 5.0  # seconds a stop waits for an apply in progress (chart: grace period)
@@ -173,8 +174,12 @@ class Agent:
                 field_selector=f"metadata.name={name}",
             )
         self._worker = threading.Thread(target=self._loop, name="agent-apply", daemon=True)
-        self._status = _StatusWriter(config.node, self._write_status)
-        self._flows = _FlowCleaner(self._clean_flows)
+        # The NodeRules status and conntrack clean-up each on their own thread (``_Newest``):
+        # a hung API call or a walk of a big conntrack table never holds up the next apply.
+        self._status = _Newest("agent-status", self._try_write_status, STATUS_RETRY)
+        self._flows: _Newest[tuple[dict[str, Any], list[Any]]] = _Newest(
+            "agent-conntrack", self._clean_flows, STATUS_RETRY
+        )
         self.metrics = Metrics("nftpolicy_agent")
         for name, kind, text in (
             ("applies_total", "counter", "nftables transactions committed"),
@@ -319,7 +324,7 @@ class Agent:
             informer.stop()
         if self._daemonset is not None:
             self._daemonset.stop()
-        self._status.stop()
+        self._status.stop(join=5.0)
         self._flows.stop()
         self._worker.join(timeout=STOP_APPLY_WAIT)
 
@@ -533,10 +538,11 @@ class Agent:
         not allow. Not on this thread: walking a conntrack table of tens of thousands of flows
         takes seconds, and the next apply (a new pod waiting to be known) must not wait."""
         if self.config.conntrack_cleanup:
-            self._flows.submit(ruleset, [ip for pod in pods for ip in pod.ips])
+            self._flows.submit((ruleset, [ip for pod in pods for ip in pod.ips]))
 
-    def _clean_flows(self, ruleset: dict[str, Any], ips: list[Any]) -> None:
-        """One clean-up pass (the flow cleaner's thread)."""
+    def _clean_flows(self, job: tuple[dict[str, Any], list[Any]]) -> bool:
+        """One clean-up pass (on the ``_flows`` thread); never retried from there."""
+        ruleset, ips = job
         # A flow can end between the dump and its deletion: pyroute2 then raises
         # NetlinkError(ENOENT), which is not an OSError. A fresh pass no longer sees that flow.
         for attempt in range(1, CONNTRACK_ATTEMPTS + 1):
@@ -547,6 +553,7 @@ class Agent:
             except Exception as e:  # noqa: BLE001 - never let clean-up stop the agent
                 if attempt == CONNTRACK_ATTEMPTS:
                     log.warning("node %s: conntrack clean-up failed: %s", self.config.node, e)
+        return True
 
     # ---- the ruleset kept on the host -----------------------------------------------------------
 
@@ -748,6 +755,18 @@ class Agent:
             }
         )
 
+    def _try_write_status(self, status: dict[str, Any]) -> bool:
+        """Write ``status`` (on the ``_status`` thread); False: retry it later. A missing
+        NodeRules has no status to write: that one is dropped."""
+        try:
+            self._write_status(status)
+        except Exception as e:  # noqa: BLE001 - the API may be away; retried
+            if isinstance(e, ApiException) and e.status == 404:
+                return True
+            log.warning("node %s: cannot write status: %s", self.config.node, e)
+            return False
+        return True
+
     def _write_status(self, status: dict[str, Any]) -> None:
         self.custom.patch_cluster_custom_object_status(
             GROUP,
@@ -759,29 +778,33 @@ class Agent:
         )
 
 
-class _FlowCleaner:
-    """Runs conntrack clean-up passes on its own thread, newest ruleset only: a pass for an
-    older ruleset that is still waiting when a newer one arrives is dropped (the newer pass
-    judges every flow against what is in force now)."""
+class _Newest(Generic[T]):
+    """Works through submitted jobs on its own thread, the newest only: a job still waiting
+    when a newer one arrives is dropped, and a slow job never holds up the thread that submits.
+    ``handle`` returns False to have its job retried after ``retry_after`` seconds, unless a
+    newer job has replaced it by then."""
 
-    def __init__(self, clean: Callable[[dict[str, Any], list[Any]], None]) -> None:
-        self._clean = clean
+    def __init__(self, name: str, handle: Callable[[T], bool], retry_after: float) -> None:
+        self._handle = handle
+        self._retry_after = retry_after
         self._lock = threading.Lock()
-        self._pending: tuple[dict[str, Any], list[Any]] | None = None
+        self._pending: T | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agent-conntrack", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, join: float = 0.0) -> None:
         self._stop.set()
         self._wake.set()
+        if join:
+            self._thread.join(timeout=join)
 
-    def submit(self, ruleset: dict[str, Any], ips: list[Any]) -> None:
+    def submit(self, job: T) -> None:
         with self._lock:
-            self._pending = (ruleset, ips)
+            self._pending = job
         self._wake.set()
 
     def _run(self) -> None:
@@ -790,54 +813,11 @@ class _FlowCleaner:
             self._wake.clear()
             with self._lock:
                 job, self._pending = self._pending, None
-            if job is not None and not self._stop.is_set():
-                self._clean(*job)
-
-
-class _StatusWriter:
-    """Writes the NodeRules status from its own thread, the newest status first, so a slow
-    or hung API call never holds up the next apply; a failed write is retried until a newer
-    status replaces it (a missing NodeRules has no status to write: that one is dropped)."""
-
-    def __init__(self, node: str, write: Callable[[dict[str, Any]], None]) -> None:
-        self._node = node
-        self._write = write
-        self._lock = threading.Lock()
-        self._pending: dict[str, Any] | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agent-status", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=5)
-
-    def submit(self, status: dict[str, Any]) -> None:
-        with self._lock:
-            self._pending = status
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                status, self._pending = self._pending, None
-            if status is None or self._stop.is_set():
+            if job is None or self._stop.is_set() or self._handle(job):
                 continue
-            try:
-                self._write(status)
-            except Exception as e:  # noqa: BLE001 - the API may be away; retried below
-                if isinstance(e, ApiException) and e.status == 404:
-                    continue
-                log.warning("node %s: cannot write status: %s", self._node, e)
-                with self._lock:
-                    if self._pending is None:
-                        self._pending = status
-                if self._stop.wait(STATUS_RETRY):
-                    return
-                self._wake.set()
+            with self._lock:
+                if self._pending is None:
+                    self._pending = job
+            if self._stop.wait(self._retry_after):
+                return
+            self._wake.set()
