@@ -73,6 +73,9 @@ from controller.resources import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# For the ``_flows`` thread: (ruleset whose disallowed flows to remove, local pod IPs) or None,
+# then the NodeRules status to write once that is done, or None.
+FlowsJob = tuple[tuple[dict[str, Any], list[Any]] | None, dict[str, Any] | None]
 
 CONNTRACK_ATTEMPTS = 3  # clean-up passes after an apply that narrowed what is allowed
 STOP_APPLY_WAIT = 5.0  # seconds a stop waits for an apply in progress (chart: grace period)
@@ -177,8 +180,10 @@ class Agent:
         # The NodeRules status and conntrack clean-up each on their own thread (``_Newest``):
         # a hung API call or a walk of a big conntrack table never holds up the next apply.
         self._status = _Newest("agent-status", self._try_write_status, STATUS_RETRY)
-        self._flows: _Newest[tuple[dict[str, Any], list[Any]]] = _Newest(
-            "agent-conntrack", self._clean_flows, STATUS_RETRY
+        # A status is written only after the flows its rules cut are gone: "applied" (and the
+        # operator's Enforced event) then means no flow the rules deny still passes.
+        self._flows: _Newest[FlowsJob] = _Newest(
+            "agent-conntrack", self._clean_flows, STATUS_RETRY, merge=_merge_flows_jobs
         )
         self.metrics = Metrics("nftpolicy_agent")
         for name, kind, text in (
@@ -527,22 +532,33 @@ class Agent:
             len(rules.policies),
         )
         self._log_new_pods(frozenset(p.key for p in rules.pods))
-        if narrowed:
-            self._remove_flows(ruleset, rules.pods)
         self._save(ruleset, generation)
         problems = [p for p in (problem, self._save_error) if p]
-        self._report(generation, "; ".join(problems) or None, rules.pods, rules.policies)
+        flows = self._flows_of(ruleset, rules.pods) if narrowed else None
+        self._report(generation, "; ".join(problems) or None, rules.pods, rules.policies, flows)
 
-    def _remove_flows(self, ruleset: dict[str, Any], pods: tuple[Any, ...]) -> None:
-        """Have the flow cleaner remove established flows of local pods that ``ruleset`` does
-        not allow. Not on this thread: walking a conntrack table of tens of thousands of flows
-        takes seconds, and the next apply (a new pod waiting to be known) must not wait."""
-        if self.config.conntrack_cleanup:
-            self._flows.submit((ruleset, [ip for pod in pods for ip in pod.ips]))
+    def _flows_of(
+        self, ruleset: dict[str, Any], pods: tuple[Any, ...]
+    ) -> tuple[dict[str, Any], list[Any]] | None:
+        """What the ``_flows`` thread needs to remove established flows of local pods that
+        ``ruleset`` does not allow (None: clean-up is off). Not on this thread: walking a
+        conntrack table of tens of thousands of flows takes seconds, and the next apply (a new
+        pod waiting to be known) must not wait."""
+        if not self.config.conntrack_cleanup:
+            return None
+        return (ruleset, [ip for pod in pods for ip in pod.ips])
 
-    def _clean_flows(self, job: tuple[dict[str, Any], list[Any]]) -> bool:
-        """One clean-up pass (on the ``_flows`` thread); never retried from there."""
-        ruleset, ips = job
+    def _clean_flows(self, job: FlowsJob) -> bool:
+        """One clean-up pass, then the status that waited for it (on the ``_flows`` thread);
+        never retried from there."""
+        flows, status = job
+        if flows is not None:
+            self._remove_disallowed(*flows)
+        if status is not None:
+            self._status.submit(status)
+        return True
+
+    def _remove_disallowed(self, ruleset: dict[str, Any], ips: list[Any]) -> None:
         # A flow can end between the dump and its deletion: pyroute2 then raises
         # NetlinkError(ENOENT), which is not an OSError. A fresh pass no longer sees that flow.
         for attempt in range(1, CONNTRACK_ATTEMPTS + 1):
@@ -553,7 +569,6 @@ class Agent:
             except Exception as e:  # noqa: BLE001 - never let clean-up stop the agent
                 if attempt == CONNTRACK_ATTEMPTS:
                     log.warning("node %s: conntrack clean-up failed: %s", self.config.node, e)
-        return True
 
     # ---- the ruleset kept on the host -----------------------------------------------------------
 
@@ -730,7 +745,9 @@ class Agent:
         with self._lock:
             rules = self.view.rules
         if rules is not None and self._applied is not None:
-            self._remove_flows(self._in_force, rules.pods)
+            flows = self._flows_of(self._in_force, rules.pods)
+            if flows is not None:
+                self._flows.submit((flows, None))
 
     def _report(
         self,
@@ -738,12 +755,13 @@ class Agent:
         error: str | None,
         pods: tuple[Any, ...],
         policies: tuple[Any, ...],
+        flows: tuple[dict[str, Any], list[Any]] | None = None,
     ) -> None:
-        if (generation, error) == self._reported:
-            return
-        self._reported = (generation, error)
-        self._status.submit(
-            {
+        """Queue the status (if it changed) behind the clean-up of ``flows`` (if any)."""
+        status = None
+        if (generation, error) != self._reported:
+            self._reported = (generation, error)
+            status = {
                 "appliedGeneration": generation,
                 "appliedAt": datetime.now(UTC)
                 .isoformat(timespec="milliseconds")
@@ -753,7 +771,8 @@ class Agent:
                 "unknownEndpoints": self._unknown or "",
                 "error": error or "",
             }
-        )
+        if flows is not None or status is not None:
+            self._flows.submit((flows, status))
 
     def _try_write_status(self, status: dict[str, Any]) -> bool:
         """Write ``status`` (on the ``_status`` thread); False: retry it later. A missing
@@ -778,14 +797,29 @@ class Agent:
         )
 
 
+def _merge_flows_jobs(older: FlowsJob, newer: FlowsJob) -> FlowsJob:
+    """A newer job replaces each part it has: a newer ruleset's clean-up covers the older one
+    (every flow is judged against what is in force now), and a job without one (a status
+    only: the rules in force did not change) keeps the clean-up still waiting."""
+    return (newer[0] or older[0], newer[1] or older[1])
+
+
 class _Newest(Generic[T]):
     """Works through submitted jobs on its own thread, the newest only: a job still waiting
     when a newer one arrives is dropped, and a slow job never holds up the thread that submits.
     ``handle`` returns False to have its job retried after ``retry_after`` seconds, unless a
-    newer job has replaced it by then."""
+    newer job has replaced it by then; ``merge`` says what a newer job replacing a waiting one
+    keeps of it (default: nothing)."""
 
-    def __init__(self, name: str, handle: Callable[[T], bool], retry_after: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[T], bool],
+        retry_after: float,
+        merge: Callable[[T, T], T] = lambda _older, newer: newer,
+    ) -> None:
         self._handle = handle
+        self._merge = merge
         self._retry_after = retry_after
         self._lock = threading.Lock()
         self._pending: T | None = None
@@ -804,7 +838,8 @@ class _Newest(Generic[T]):
 
     def submit(self, job: T) -> None:
         with self._lock:
-            self._pending = job
+            pending = self._pending
+            self._pending = job if pending is None else self._merge(pending, job)
         self._wake.set()
 
     def _run(self) -> None:

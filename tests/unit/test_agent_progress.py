@@ -157,6 +157,7 @@ def agent() -> Agent:
         AgentConfig(node="n1", conntrack_cleanup=False, missing_group_grace=5.0),
     )
     a.kernel = FakeKernel()  # type: ignore[assignment]
+    a._flows.submit = a._clean_flows  # type: ignore[method-assign,assignment]  # no thread here
     for informer in a.informers:
         informer.synced.set()
     return a

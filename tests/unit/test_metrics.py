@@ -101,7 +101,10 @@ def test_a_connection_is_closed_after_its_timeout_even_when_it_trickles() -> Non
         with _idle_clients(port, 2) as (silent, trickling):
             start = time.monotonic()
             for _ in range(4):  # one byte every 0.5 s: never a whole request
-                trickling.send(b"G")
+                try:
+                    trickling.send(b"G")
+                except (BrokenPipeError, ConnectionResetError):
+                    break  # already closed (a busy machine: the 2 s of trickling ran long)
                 time.sleep(0.5)
             assert _closed_by_peer(silent, within=10)
             assert _closed_by_peer(trickling, within=10)

@@ -353,13 +353,15 @@ def test_the_agent_reports_protection_and_counts_drops_across_swaps(
     warnings = [r for r in caplog.records if "protection inactive" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert _metric(agent, "unknown_endpoint_protection") == 0
-    assert agent._status._pending is not None
-    assert agent._status._pending["unknownEndpoints"] == "inactive"
+    # The status waits behind the conntrack clean-up on the ``_flows`` thread (not started).
+    assert agent._flows._pending is not None and agent._flows._pending[1] is not None
+    assert agent._flows._pending[1]["unknownEndpoints"] == "inactive"
 
     ranged = dataclasses.replace(bare, pod_cidrs=(ipaddress.ip_network("10.244.1.0/24"),))
     sync(ranged, 3)
     assert _metric(agent, "unknown_endpoint_protection") == 1
-    assert agent._status._pending["unknownEndpoints"] == "drop"
+    assert agent._flows._pending[1] is not None
+    assert agent._flows._pending[1]["unknownEndpoints"] == "drop"
     kernel.packets = 5
     agent._count_unknown_drops()
     assert _metric(agent, "unknown_endpoint_drops_total") == 5
