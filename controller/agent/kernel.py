@@ -222,24 +222,18 @@ class Kernel:
 
     def read(self) -> dict[str, Any] | None:
         """Our table as libnftables JSON, or ``None`` if it does not exist."""
-        with netns(self.netns):
-            rc, out, err = _context().cmd(f"list table {FAMILY} {TABLE}")
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise KernelError(_explain("read", err))
+        out = self._cmd_unless_absent(f"list table {FAMILY} {TABLE}", "read")
+        if out is None:
+            return None
         result: dict[str, Any] = json.loads(out)
         return result
 
     def counter_packets(self, name: str) -> int | None:
         """Packets counted so far by the named counter ``name`` of our table; ``None`` if
         the table or the counter does not exist."""
-        with netns(self.netns):
-            rc, out, err = _context().cmd(f"list counter {FAMILY} {TABLE} {name}")
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise KernelError(_explain("read", err))
+        out = self._cmd_unless_absent(f"list counter {FAMILY} {TABLE} {name}", "read")
+        if out is None:
+            return None
         for item in json.loads(out)["nftables"]:
             if "counter" in item:
                 return int(item["counter"]["packets"])
@@ -247,10 +241,15 @@ class Kernel:
 
     def remove(self) -> bool:
         """Delete our table; ``False`` if there was none."""
+        return self._cmd_unless_absent(f"delete table {FAMILY} {TABLE}", "remove") is not None
+
+    def _cmd_unless_absent(self, command: str, what: str) -> str | None:
+        """Run ``command`` in our netns: its output, or ``None`` if what it names does not
+        exist; any other failure raises ``KernelError`` explaining ``what`` failed."""
         with netns(self.netns):
-            rc, _out, err = _context().cmd(f"delete table {FAMILY} {TABLE}")
+            rc, out, err = _context().cmd(command)
         if rc != 0:
             if "No such file or directory" in err:
-                return False
-            raise KernelError(_explain("remove", err))
-        return True
+                return None
+            raise KernelError(_explain(what, err))
+        return str(out)
