@@ -242,13 +242,21 @@ def _default_deny(args: argparse.Namespace) -> DefaultDeny:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
+def configure_logging(level: str) -> None:
+    """Our loggers at ``level``; pyroute2 at info at most."""
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # At debug, pyroute2 logs every netlink message: thousands of lines per conntrack pass,
-    # which would rotate our own lines out of the container log within seconds.
+    # which would rotate our own lines out of the container log within seconds. pyroute2
+    # resets its logger's level when imported (pyroute2/config/log.py), so import it first.
+    import pyroute2.config.log  # noqa: F401
+
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
     if args.command == "operator":
         from controller.operator.engine import OperatorConfig
         from controller.operator.run import run_operator

@@ -136,6 +136,13 @@ class ProbeResult:
     ok: bool
     reply: str | None
     error: str | None
+    connected: bool = False  # TCP: the handshake completed (whether or not a reply came)
+
+    @property
+    def passed(self) -> bool:
+        """Whether the firewall let the probe through: an answer came, or a TCP handshake
+        completed and only the reply was late (a busy machine)."""
+        return self.ok or self.connected
 
 
 def _run(argv: Sequence[str], input: str | None = None) -> str:
@@ -804,6 +811,10 @@ class NetnsCluster:
         """PIDs of all running agent processes."""
         return [agent.proc.pid for agent in self._resources.agents]
 
+    def agent_pid(self, src: str) -> int:
+        """PID of the agent process of ``src`` (``"ns/name"`` or ``"node:NAME"``)."""
+        return self._agent_for(src).proc.pid
+
     def wait_ready(self) -> None:
         """Block until every agent serves its ports."""
         for agent in self._resources.agents:
@@ -859,12 +870,20 @@ class NetnsCluster:
                 answer = pending.result(max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise NetnsError(f"no answer from the agent of {probe.src} for {probe}") from None
-            results.append(ProbeResult(probe, answer["ok"], answer["reply"], answer["error"]))
+            results.append(
+                ProbeResult(
+                    probe,
+                    answer["ok"],
+                    answer["reply"],
+                    answer["error"],
+                    answer.get("connected", False),
+                )
+            )
         return results
 
     def probe_many(self, probes: Sequence[Probe], timeout: float = 1.0) -> list[bool]:
-        """Like ``probe_results`` but only whether each probe got an answer."""
-        return [result.ok for result in self.probe_results(probes, timeout)]
+        """Like ``probe_results`` but only whether each probe passed (``ProbeResult.passed``)."""
+        return [result.passed for result in self.probe_results(probes, timeout)]
 
     def probe(
         self,
@@ -875,8 +894,8 @@ class NetnsCluster:
         timeout: float = 1.0,
         src_ip: str | None = None,
     ) -> bool:
-        """Whether ``src`` (``"ns/name"`` or ``"node:NAME"``) gets an answer from
-        ``dst_ip:port``."""
+        """Whether a probe from ``src`` (``"ns/name"`` or ``"node:NAME"``) to
+        ``dst_ip:port`` passes (``ProbeResult.passed``)."""
         return self.probe_many([Probe(src, dst_ip, port, proto, src_ip)], timeout)[0]
 
     # -- misc --------------------------------------------------------------------------

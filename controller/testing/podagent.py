@@ -11,7 +11,8 @@ speaks a JSON-lines protocol on stdin/stdout.  Once all ports are bound it print
 requests are handled concurrently, so answers may come back in any order:
 
 * ``{"id": 1, "op": "probe", "dst": "10.244.1.5", "port": 80, "proto": "tcp",
-  "timeout": 1.0, "src": null}`` -> ``{"id": 1, "ok": true, "reply": "ns/pod", "error": null}``
+  "timeout": 1.0, "src": null}`` -> ``{"id": 1, "ok": true, "reply": "ns/pod", "error": null,
+  "connected": true}`` (``connected``: a TCP handshake completed, even if no reply came in time)
 * ``{"id": 2, "op": "serve", "proto": "udp", "port": 53, "name": "ns/pod"}``
   -> ``{"id": 2, "ok": true, "error": null}``
 * ``{"id": 3, "op": "unserve", "proto": "udp", "port": 53}``
@@ -183,15 +184,24 @@ class _UdpProbeProtocol(asyncio.DatagramProtocol):
             self.answer.set_exception(exc)
 
 
+class _NoReply(Exception):
+    """A TCP handshake completed but the server's reply did not come within the timeout (a
+    busy machine): the packets were let through, the answer is merely late."""
+
+
 async def _probe_tcp(dst: str, port: int, timeout: float, src: str | None) -> str:
-    async with asyncio.timeout(timeout):
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with asyncio.timeout_at(deadline):
         reader, writer = await asyncio.open_connection(
             dst, port, local_addr=(src, 0) if src else None
         )
-        try:
+    try:
+        async with asyncio.timeout_at(deadline):
             return (await reader.read()).decode(errors="replace").strip()
-        finally:
-            writer.close()
+    except TimeoutError:
+        raise _NoReply from None
+    finally:
+        writer.close()
 
 
 async def _probe_udp(dst: str, port: int, timeout: float, src: str | None) -> str:
@@ -264,7 +274,12 @@ class Agent:
                     float(request["timeout"]),
                     request.get("src"),
                 )
-                return {"ok": bool(reply), "reply": reply, "error": None if reply else "empty"}
+                return {
+                    "ok": bool(reply),
+                    "reply": reply,
+                    "error": None if reply else "empty",
+                    "connected": request["proto"] == "tcp",
+                }
             if op == "serve":
                 await self.serve(request["proto"], int(request["port"]), request["name"])
             elif op == "unserve":
@@ -272,8 +287,10 @@ class Agent:
             else:
                 raise ValueError(f"unknown op {op!r}")
             return {"ok": True, "error": None}
+        except _NoReply:
+            return {"ok": False, "reply": None, "error": "no reply", "connected": True}
         except Exception as exc:  # every request must get an answer
-            return {"ok": False, "reply": None, "error": _error_name(exc)}
+            return {"ok": False, "reply": None, "error": _error_name(exc), "connected": False}
 
 
 def _emit(message: dict[str, Any]) -> None:

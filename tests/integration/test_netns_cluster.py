@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
@@ -233,3 +234,35 @@ def test_probe_many_is_parallel(netns_cluster: NetnsCluster) -> None:
     expected = [p.dst_ip != pods[0].ipv4 or p.src == pods[0].key for p in probes]
     assert results == expected
     assert elapsed < 5.0
+
+
+def test_a_late_reply_still_counts_as_passed_but_a_drop_does_not(
+    netns_cluster: NetnsCluster,
+) -> None:
+    """Catches: a busy machine read as a policy drop. A TCP probe whose handshake completed
+    passed the firewall even when the (stopped) server's reply comes too late; a dropped SYN
+    did not; UDP has no handshake, so only an answer counts."""
+    a, b, _c = _three_pods(netns_cluster)
+    tcp, udp = Probe(a.key, b.ipv4, 80, "tcp"), Probe(a.key, b.ipv4, 80, "udp")
+    netns_cluster.wait_ready()
+    pid = netns_cluster.agent_pid(b.key)
+    os.kill(pid, signal.SIGSTOP)  # the kernel still completes handshakes (listen backlog)
+    try:
+        late_tcp, late_udp = netns_cluster.probe_results([tcp, udp], timeout=0.5)
+        _nft(
+            netns_cluster,
+            "node1",
+            f"""
+            table inet deny_b {{
+                chain forward {{
+                    type filter hook forward priority 0; policy accept;
+                    ip daddr {b.ipv4} drop
+                }}
+            }}""",
+        )
+        dropped_tcp, _ = netns_cluster.probe_results([tcp, udp], timeout=0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert (late_tcp.ok, late_tcp.connected, late_tcp.passed) == (False, True, True), late_tcp
+    assert not late_udp.passed, late_udp
+    assert (dropped_tcp.connected, dropped_tcp.passed) == (False, False), dropped_tcp

@@ -186,3 +186,21 @@ def test_a_bad_annotation_is_a_warning_and_the_namespace_is_kept(
         "metadata.annotations[nftpolicy.io/default-deny]: unknown value 'sometimes' "
         "(want ingress, egress or all); ignored (no default deny)\n"
     )
+
+
+def test_debug_logging_keeps_pyroute2_at_info() -> None:
+    """Catches: pyroute2 logging every netlink message at debug (thousands of lines per
+    conntrack pass). pyroute2 resets its logger level when first imported, so this runs in a
+    fresh interpreter where the agent's own import order applies."""
+    code = (
+        "import logging\n"
+        "from controller.cli import configure_logging\n"
+        "configure_logging('debug')\n"
+        "import pyroute2.netlink.core\n"
+        "print(logging.getLogger('pyroute2.netlink.core').isEnabledFor(logging.DEBUG),"
+        " logging.getLogger('controller.agent').isEnabledFor(logging.DEBUG))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["False", "True"]
