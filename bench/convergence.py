@@ -38,9 +38,10 @@ cross-checked with the operator's own ``writes_total``/``write_bytes_total`` fro
 
 Narrowing: a few allow policies are deleted, first with the few flows the bench left, then
 after every pod connected to every other pod ``--flow-rounds`` times. A change that narrows
-what is allowed makes the agents sweep conntrack for flows the new rules deny, in the apply
-thread and before the status report: the time from the delete until every spanned node
-reports shows what the sweep costs (with the conntrack entry count of the busiest node).
+what is allowed is enforced on established flows by the kernel as the rules go in (the
+conntrack mark epoch, see render.py), so the agents report it then; their conntrack sweep for
+flows the new rules deny follows on its own thread and is timed apart (apply -> sweep done, from
+the agents' /metrics), with the conntrack entry count of the busiest node.
 
 CPU and memory of every process (operator, agents, kube-apiserver, etcd, pod/node probe
 helpers) are sampled from /proc during the run.
@@ -603,9 +604,15 @@ def run_live(args: argparse.Namespace, bin_dir: Path, logs: Path) -> dict[str, A
                 ["operator", "--lease-namespace", "default", "--identity", "bench"]
                 + (["--metrics-port", str(metrics_port)] if metrics_port else []),
             )
+            agent_ports: dict[str, int] = {}
             for i in range(layout.nodes):
                 n = layout.node(i)
-                procs.spawn(f"agent-{n}", ["agent", "--node", n, "--netns", net.node_netns(n)])
+                agent_ports[n] = free_port()
+                procs.spawn(
+                    f"agent-{n}",
+                    ["agent", "--node", n, "--netns", net.node_netns(n)]
+                    + ["--metrics-port", str(agent_ports[n]), "--metrics-address", "127.0.0.1"],
+                )
             all_nodes = [layout.node(i) for i in range(layout.nodes)]
             t_start = time.monotonic()
             if not recorder.wait(lambda: recorder.all_applied(all_nodes), 120):
@@ -649,7 +656,9 @@ def run_live(args: argparse.Namespace, bin_dir: Path, logs: Path) -> dict[str, A
             result["pod_events"] = pod_events(args, layout, core, recorder, metrics_port)
             if args.flow_rounds:
                 log("live: policy deletions (narrowing) without and with many conntrack entries")
-                result["narrowing"] = narrowing(args, layout, net, networking, recorder)
+                result["narrowing"] = narrowing(
+                    args, layout, net, networking, recorder, agent_ports
+                )
             result["monitor"] = (dict(monitor.peak_rss), dict(monitor.peak_one))
             result["final"] = monitor.snapshot()
             result["dead"] = procs.dead()
@@ -776,8 +785,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cleanups(port: int) -> float:
+    """An agent's conntrack clean-up passes so far (its /metrics)."""
+    return scrape(port).get("nftpolicy_agent_conntrack_cleanups_total", 0.0)
+
+
 def scrape(port: int | None) -> dict[str, float]:
-    """The operator's /metrics (on 127.0.0.1) as name -> value; {} if unavailable."""
+    """A process's /metrics (on 127.0.0.1) as name -> value; {} if unavailable."""
     if not port:
         return {}
     try:
@@ -864,6 +878,8 @@ class Narrowing:
     flows: str  # "few" / "many"
     entries: int  # conntrack entries on the busiest spanned node before the write
     seconds: list[float] = field(default_factory=list)  # delete -> every span node reported
+    # apply -> that apply's conntrack clean-up done, the slowest spanned node (agents' metrics)
+    cleanup: list[float] = field(default_factory=list)
 
 
 def narrowing(
@@ -872,10 +888,12 @@ def narrowing(
     net: NetnsCluster,
     networking: client.NetworkingV1Api,
     recorder: Recorder,
+    agent_ports: dict[str, int],
 ) -> list[Narrowing]:
-    """Delete allow policies (a narrowing change: the agents then sweep conntrack for flows
-    the rules no longer allow, and report the generation only after the sweep), first with the
-    few flows left by the bench, then after every pod connected to every pod a few times."""
+    """Delete allow policies (a narrowing change: the kernel re-checks established flows at
+    once and the agents report the generation when the rules are in; then they sweep conntrack
+    for flows the rules no longer allow, timed apart), first with the few flows left by the
+    bench, then after every pod connected to every pod a few times."""
     out = []
     victims = list(range(min(args.policies, 2 * args.narrowing_deletes)))
     for flows, batch in (("few", victims[0::2]), ("many", victims[1::2])):
@@ -894,6 +912,7 @@ def narrowing(
             span = layout.span(dst)
             result.entries = max([result.entries, *(conntrack_count(net, n) for n in sorted(span))])
             key = f"{NS}/allow-{i}"
+            passes = {n: cleanups(agent_ports[n]) for n in span}
             t0 = time.monotonic()
             networking.delete_namespaced_network_policy(f"allow-{i}", NS)
 
@@ -908,6 +927,16 @@ def narrowing(
 
             if recorder.wait(gone, 60):
                 result.seconds.append(time.monotonic() - t0)
+            lags = []
+            for n in span:
+                deadline = time.monotonic() + 60
+                while cleanups(agent_ports[n]) <= passes[n] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                lags.append(
+                    scrape(agent_ports[n]).get("nftpolicy_agent_conntrack_cleanup_lag_seconds")
+                )
+            if all(lag is not None for lag in lags):
+                result.cleanup.append(max(lag for lag in lags if lag is not None))
         out.append(result)
     return out
 
@@ -1386,10 +1415,15 @@ def report_live(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
     for n in res.get("narrowing", ()):
         if n.seconds:
             lines.append(
-                f"  policy delete (narrowing -> conntrack sweep before the status), {n.flows} flows "
+                f"  policy delete (narrowing), {n.flows} flows "
                 f"(up to {n.entries} conntrack entries on a spanned node): delete -> reported on "
                 f"every spanned node median {fmt_s(statistics.median(n.seconds))}, "
                 f"max {fmt_s(max(n.seconds))} (n={len(n.seconds)})"
+            )
+        if n.cleanup:
+            lines.append(
+                f"    {'':17s} then the conntrack clean-up, apply -> done on the slowest node: "
+                f"median {fmt_s(statistics.median(n.cleanup))}, max {fmt_s(max(n.cleanup))}"
             )
     peak, one = res["monitor"]
     final = res["final"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from controller.agent.kernel import Kernel, KernelError, NftablesUnavailable
 from controller.agent.nft_text import to_text
-from controller.agent.render import RenderOptions, render
+from controller.agent.render import CT_MARK_MASK, RenderOptions, render
 from controller.agent.saved_ruleset import DEFAULT_DIR as DEFAULT_STATE_DIR
 from controller.compiler import compile_objects, groups_for
 from controller.gc_tuning import tune_for_large_heaps
@@ -160,6 +160,17 @@ def _parser() -> argparse.ArgumentParser:
         "allocate otherwise); never the whole cluster's range: other nodes' pods are unknown",
     )
     agent_p.add_argument(
+        "--ct-mark-mask",
+        type=_mark_mask,
+        default=CT_MARK_MASK,
+        metavar="MASK",
+        help="conntrack mark bits (e.g. 0xffff0000, the default) that carry the ruleset's "
+        "epoch, so the kernel re-checks established flows when the rules change and a flow "
+        "the new rules deny is cut as they go in; 0: no re-check, only the conntrack "
+        "clean-up cuts such flows (after it, not at the swap). Give bits no other component "
+        "on the node uses in the conntrack mark",
+    )
+    agent_p.add_argument(
         "--state-dir",
         default=DEFAULT_STATE_DIR,
         metavar="DIR",
@@ -214,6 +225,17 @@ def _namespaced_name(text: str) -> tuple[str, str]:
     if not namespace or not name or "/" in name:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
     return namespace, name
+
+
+def _mark_mask(text: str) -> int:
+    """``--ct-mark-mask``: a 32-bit number (decimal or 0x hex)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (e.g. 0xffff0000)") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text} is not a 32-bit mask (0 to 0xffffffff)")
+    return value
 
 
 def _cidr_list(text: str) -> tuple[IPNetwork, ...]:
@@ -287,6 +309,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_group=None if args.no_log else RenderOptions.log_group,
             unknown_endpoints=args.unknown_endpoints,
             pod_cidrs=args.pod_cidrs,
+            ct_mark_mask=args.ct_mark_mask,
         ),
     )
     try:

@@ -31,12 +31,39 @@ from http import HTTPStatus
 Check = Callable[[], str | None]  # None: fine; else one line saying what is wrong
 
 
+@dataclass
+class _Histogram:
+    help_text: str
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)  # per bound, not cumulative; the last: +Inf
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        index = next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))
+        self.counts[index] += 1
+        self.total += value
+
+    def render(self, full: str) -> list[str]:
+        lines = [f"# HELP {full} {self.help_text}", f"# TYPE {full} histogram"]
+        cumulative = 0
+        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts, strict=True):
+            cumulative += count
+            lines.append(f'{full}_bucket{{le="{bound}"}} {cumulative}')
+        lines.append(f"{full}_sum {self.total:g}")
+        lines.append(f"{full}_count {cumulative}")
+        return lines
+
+
 class Metrics:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self._lock = threading.Lock()
         self._values: dict[str, tuple[str, str, float]] = {}  # name -> (type, help, value)
         self._checks: list[tuple[str, bool, Check]] = []  # (name, liveness?, check)
+        self._histograms: dict[str, _Histogram] = {}
 
     def describe(self, name: str, kind: str, help_text: str) -> None:
         with self._lock:
@@ -51,6 +78,15 @@ class Metrics:
         with self._lock:
             kind, text, _ = self._values.get(name, ("gauge", "", 0.0))
             self._values[name] = (kind, text, value)
+
+    def describe_histogram(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
+        """A histogram with these upper bounds (``+Inf`` is added)."""
+        with self._lock:
+            self._histograms.setdefault(name, _Histogram(help_text, tuple(sorted(buckets))))
+
+    def observe(self, name: str, value: float) -> None:
+        with self._lock:
+            self._histograms[name].observe(value)
 
     def add_check(self, name: str, check: Check, liveness: bool = True) -> None:
         """Register a health check: liveness checks fail /healthz and /readyz, readiness-only
@@ -80,6 +116,8 @@ class Metrics:
                     lines.append(f"# HELP {full} {text}")
                 lines.append(f"# TYPE {full} {kind}")
                 lines.append(f"{full} {value:g}")
+            for name, histogram in sorted(self._histograms.items()):
+                lines.extend(histogram.render(f"{self.prefix}_{name}"))
         return "\n".join(lines) + "\n"
 
     def serve(self, port: int, host: str = "0.0.0.0", timeout: float = 5.0) -> HttpServer:

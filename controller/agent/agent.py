@@ -46,6 +46,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from controller.agent import conntrack, drift, saved_ruleset, uninstall
+from controller.agent.groups import ShardedGroups
 from controller.agent.kernel import Kernel, KernelError
 from controller.agent.progress import GenerationLag, MissingGroups, stand_ins
 from controller.agent.render import (
@@ -66,16 +67,16 @@ from controller.resources import (
     GROUP,
     NODE_RULES,
     VERSION,
-    group_from_body,
     node_rules_from_body,
     span_label,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# For the ``_flows`` thread: (ruleset whose disallowed flows to remove, local pod IPs) or None,
-# then the NodeRules status to write once that is done, or None.
-FlowsJob = tuple[tuple[dict[str, Any], list[Any]] | None, dict[str, Any] | None]
+# For the ``_flows`` thread: (ruleset whose disallowed flows to remove, local pod IPs, when it
+# was applied (monotonic)) or None, then the NodeRules status to write once that is done, or None.
+Flows = tuple[dict[str, Any], list[Any], float]
+FlowsJob = tuple[Flows | None, dict[str, Any] | None]
 
 CONNTRACK_ATTEMPTS = 3  # clean-up passes after an apply that narrowed what is allowed
 STOP_APPLY_WAIT = 5.0  # seconds a stop waits for an apply in progress (chart: grace period)
@@ -129,6 +130,7 @@ class Agent:
         self._waiting_logged = False
         self._missing = MissingGroups(config.missing_group_grace)
         self._stood_in: frozenset[str] = frozenset()  # groups enforced as empty right now
+        self._shards = ShardedGroups()  # the AddressGroup objects, by group
         self._lag = GenerationLag()
         self._failing: tuple[float, str] | None = None  # applies failing since, last error
         self._ready = False  # the first apply after start is done
@@ -180,8 +182,10 @@ class Agent:
         # The NodeRules status and conntrack clean-up each on their own thread (``_Newest``):
         # a hung API call or a walk of a big conntrack table never holds up the next apply.
         self._status = _Newest("agent-status", self._try_write_status, STATUS_RETRY)
-        # A status is written only after the flows its rules cut are gone: "applied" (and the
-        # operator's Enforced event) then means no flow the rules deny still passes.
+        # "applied" (and the operator's Enforced event) means no flow the rules deny still
+        # passes. With the kernel re-check of established flows (RenderOptions.ct_mark_mask)
+        # that holds once the transaction is in; without it, only after the clean-up, so the
+        # status then waits for it.
         self._flows: _Newest[FlowsJob] = _Newest(
             "agent-conntrack", self._clean_flows, STATUS_RETRY, merge=_merge_flows_jobs
         )
@@ -204,6 +208,13 @@ class Agent:
                 "stand-in was loaded; 0: neither",
             ),
             ("conntrack_removed_total", "counter", "established flows removed after a change"),
+            ("conntrack_cleanups_total", "counter", "conntrack clean-up passes done"),
+            ("conntrack_cleanup_seconds", "gauge", "duration of the last conntrack clean-up"),
+            (
+                "conntrack_cleanup_lag_seconds",
+                "gauge",
+                "from an apply to the end of the conntrack clean-up that followed it",
+            ),
             (
                 "uninstall_on_stop",
                 "gauge",
@@ -258,16 +269,16 @@ class Agent:
 
     def _groups_synced(self, objects: dict[str, Mapping[str, Any]]) -> None:
         with self._lock:
-            self.view.groups = {name: group_from_body(b) for name, b in objects.items()}
+            self.view.groups = self._shards.reset(objects)
         self._dirty.set()
 
     def _group_event(self, kind: str, body: Mapping[str, Any]) -> None:
-        name = body["metadata"]["name"]
         with self._lock:
-            if kind == "DELETED":
+            name, group = self._shards.event(kind, body)
+            if group is None:
                 self.view.groups.pop(name, None)
             else:
-                self.view.groups[name] = group_from_body(body)
+                self.view.groups[name] = group
         self._dirty.set()
 
     # ---- health checks (HTTP threads): None or one line saying what is wrong -------------------
@@ -537,23 +548,26 @@ class Agent:
         flows = self._flows_of(ruleset, rules.pods) if narrowed else None
         self._report(generation, "; ".join(problems) or None, rules.pods, rules.policies, flows)
 
-    def _flows_of(
-        self, ruleset: dict[str, Any], pods: tuple[Any, ...]
-    ) -> tuple[dict[str, Any], list[Any]] | None:
+    def _flows_of(self, ruleset: dict[str, Any], pods: tuple[Any, ...]) -> Flows | None:
         """What the ``_flows`` thread needs to remove established flows of local pods that
         ``ruleset`` does not allow (None: clean-up is off). Not on this thread: walking a
         conntrack table of tens of thousands of flows takes seconds, and the next apply (a new
         pod waiting to be known) must not wait."""
         if not self.config.conntrack_cleanup:
             return None
-        return (ruleset, [ip for pod in pods for ip in pod.ips])
+        return (ruleset, [ip for pod in pods for ip in pod.ips], time.monotonic())
 
     def _clean_flows(self, job: FlowsJob) -> bool:
         """One clean-up pass, then the status that waited for it (on the ``_flows`` thread);
         never retried from there."""
         flows, status = job
         if flows is not None:
-            self._remove_disallowed(*flows)
+            ruleset, ips, applied = flows
+            started = time.monotonic()
+            self._remove_disallowed(ruleset, ips)
+            self.metrics.set("conntrack_cleanup_seconds", time.monotonic() - started)
+            self.metrics.set("conntrack_cleanup_lag_seconds", time.monotonic() - applied)
+            self.metrics.inc("conntrack_cleanups_total")
         if status is not None:
             self._status.submit(status)
         return True
@@ -755,9 +769,10 @@ class Agent:
         error: str | None,
         pods: tuple[Any, ...],
         policies: tuple[Any, ...],
-        flows: tuple[dict[str, Any], list[Any]] | None = None,
+        flows: Flows | None = None,
     ) -> None:
-        """Queue the status (if it changed) behind the clean-up of ``flows`` (if any)."""
+        """Queue the status (if it changed) and the clean-up of ``flows`` (if any); the status
+        waits for the clean-up unless the kernel re-checks established flows itself."""
         status = None
         if (generation, error) != self._reported:
             self._reported = (generation, error)
@@ -771,6 +786,9 @@ class Agent:
                 "unknownEndpoints": self._unknown or "",
                 "error": error or "",
             }
+        if status is not None and self.config.render.ct_mark_mask:
+            self._status.submit(status)
+            status = None
         if flows is not None or status is not None:
             self._flows.submit((flows, status))
 

@@ -53,7 +53,15 @@ def _expr(e: Any) -> str:
         return f"ct {e['ct']['key']}"
     if "concat" in e:
         return " . ".join(_expr(x) for x in e["concat"])
+    for op in ("&", "|"):  # the conntrack mark epoch: ``ct mark & MASK``
+        if op in e:
+            left, right = e[op]
+            return f"{_expr(left)} {op} {right:#010x}"
     raise ValueError(f"unsupported expression {e!r}")
+
+
+def _is_binop(e: Any) -> bool:
+    return isinstance(e, dict) and ("&" in e or "|" in e)
 
 
 def _statement(s: dict[str, Any]) -> str:
@@ -61,6 +69,8 @@ def _statement(s: dict[str, Any]) -> str:
     if key == "match":
         right = body["right"]
         right_text = ",".join(right) if isinstance(right, list) else _value(right)
+        if _is_binop(body["left"]):
+            return f"{_expr(body['left'])} {body['op']} {right:#010x}"
         op = "" if body["op"] in ("==", "in") else f"{body['op']} "
         return f"{_expr(body['left'])} {op}{right_text}"
     if key == "vmap":
@@ -73,6 +83,8 @@ def _statement(s: dict[str, Any]) -> str:
         if isinstance(body, str):  # a named counter
             return f"counter name {_quote(body)}"
         return f"counter packets {body['packets']} bytes {body['bytes']}"
+    if key == "mangle":
+        return f"{_expr(body['key'])} set {_expr(body['value'])}"
     if key == "limit":
         return f"limit rate {body['rate']}/{body['per']}"
     if key == "log":

@@ -5,6 +5,16 @@ Layout (see ARCHITECTURE.md):
 * base chain ``forward`` (hook forward): ``ct state established,related accept``, then the
   source address of the packet is looked up in the egress verdict maps and the destination in
   the ingress verdict maps; only local isolated pods have entries, so other traffic passes.
+* established flows are re-checked in the kernel when the rules change (``ct_mark_mask``):
+  every packet that passes the policy lookups stamps its flow's conntrack mark with the
+  ruleset's *epoch* (bits under the mask, derived from a digest of the ruleset), and only
+  established packets carrying the current epoch skip the lookups. After a swap, the next
+  packet of each flow in its original direction goes through the lookups like a new
+  connection: allowed, it is stamped and the flow goes on; denied, it is dropped, at the moment
+  the new rules are in the kernel. Reply-direction packets cannot be judged by rules written
+  for the original direction and are accepted; the agent's conntrack clean-up (conntrack.py)
+  removes those flows after the swap. Without a mask (0), established flows are accepted as
+  before and only the clean-up cuts them.
 * one chain per *distinct* allowance (pods with identical allowances, e.g. the replicas of a
   Deployment, share it; it is computed once for all of them). Its rules are at most four set
   lookups (address-only and ``address . l4proto . port`` interval sets, IPv4 and IPv6) that
@@ -73,6 +83,10 @@ UNKNOWN_CHAIN = "unknown-endpoint"
 UNKNOWN_COUNTER = "unknown-endpoint-drops"
 
 UnknownEndpoints = Literal["drop", "allow"]
+# Conntrack mark bits used for the epoch by default. Other users of the conntrack mark keep
+# the other bits (we only ever set ours); with 16 bits, a flow idle across changes is taken for
+# current by chance once in 65,535 changes (the conntrack clean-up still judges it).
+CT_MARK_MASK = 0xFFFF0000
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +102,8 @@ class RenderOptions:
     # The node's pod ranges, replacing NodeRules.pod_cidrs (for CNIs that do not allocate
     # from Node.spec.podCIDRs); None: those of the NodeRules.
     pod_cidrs: tuple[IPNetwork, ...] | None = None
+    # Conntrack mark bits that carry the ruleset epoch (module doc); 0: no kernel re-check.
+    ct_mark_mask: int = CT_MARK_MASK
 
 
 class MissingGroupError(LookupError):
@@ -476,6 +492,7 @@ def _commands(
                 spec["elem"] = elements
             cmds.append({"add": {"map": spec}})
     unknown_rules = [] if unknown is None else _unknown_endpoint(unknown, opts, cmds)
+    epoch = _epoch(cmds, opts.ct_mark_mask)
     cmds.append(
         {
             "add": {
@@ -490,19 +507,7 @@ def _commands(
             }
         }
     )
-    base_rules: list[list[dict[str, Any]]] = [
-        [
-            {
-                "match": {
-                    "op": "in",
-                    "left": {"ct": {"key": "state"}},
-                    "right": ["established", "related"],
-                }
-            },
-            {"accept": None},
-        ],
-        *unknown_rules,
-    ]
+    base_rules = [*_established(opts.ct_mark_mask, epoch), *unknown_rules]
     for direction, field_name in ((Direction.EGRESS, "saddr"), (Direction.INGRESS, "daddr")):
         for v in (4, 6):
             base_rules.append(
@@ -515,9 +520,43 @@ def _commands(
                     }
                 ]
             )
+    if epoch:  # reached only by packets the lookups let through: stamp their flow
+        mark = {"ct": {"key": "mark"}}
+        kept = {"&": [mark, ~opts.ct_mark_mask & 0xFFFFFFFF]}
+        base_rules.append([{"mangle": {"key": mark, "value": {"|": [kept, epoch]}}}])
     for expr in base_rules:
         cmds.append({"add": {"rule": {**table, "chain": "forward", "expr": expr}}})
     return cmds
+
+
+def _ct_state(*states: str) -> dict[str, Any]:
+    return {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": list(states)}}
+
+
+def _established(mask: int, epoch: int) -> list[list[dict[str, Any]]]:
+    """The forward chain's first rules: which packets of existing flows skip the lookups."""
+    if not epoch:
+        return [[_ct_state("established", "related"), {"accept": None}]]
+    current = {
+        "match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, mask]}, "right": epoch}
+    }
+    reply = {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}
+    return [
+        [_ct_state("established", "related"), current, {"accept": None}],
+        [_ct_state("related"), {"accept": None}],  # ICMP errors, helpers' expected flows
+        [_ct_state("established"), reply, {"accept": None}],  # left to the clean-up
+    ]
+
+
+def _epoch(cmds: list[dict[str, Any]], mask: int) -> int:
+    """The ruleset's epoch: a value under ``mask`` taken from a digest of everything else in
+    the ruleset (so re-applying the same rules, e.g. at a resync or after a restart, keeps
+    established flows on the fast path); never 0, the mark of flows nobody stamped. 0 when
+    there is no mask."""
+    if not mask:
+        return 0
+    digest = hashlib.sha256(json.dumps(cmds, separators=(",", ":")).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & mask or mask & -mask
 
 
 def _unknown_endpoint(

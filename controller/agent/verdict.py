@@ -78,7 +78,7 @@ class Ruleset:
                 return "continue" if verdict is None else verdict
             elif key in ("accept", "drop", "return"):
                 return key
-            elif key in ("counter", "limit", "log"):
+            elif key in ("counter", "limit", "log", "mangle"):  # mangle: the epoch stamp
                 continue
             else:
                 raise ValueError(f"unsupported statement {key}")

@@ -47,7 +47,7 @@ class AddressGroup:
         return {
             "name": self.name,
             "peer": self.peer,
-            "addresses": sorted(map(str, self.addresses), key=_ip_sort_key),
+            "addresses": sorted(map(str, self.addresses), key=ip_sort_key),
             "blocks": [[str(b.cidr), *map(str, b.excepts)] for b in self.blocks],
         }
 
@@ -104,7 +104,7 @@ class PortGroup:
             "peer": self.peer,
             "protocol": str(self.protocol),
             "portName": self.port_name,
-            "members": sorted(([str(ip), port] for ip, port in self.members), key=_member_key),
+            "members": sorted(([str(ip), port] for ip, port in self.members), key=member_sort_key),
         }
 
     @classmethod
@@ -285,10 +285,10 @@ class NodeRules:
         )
 
 
-def _ip_sort_key(ip: str) -> tuple[int, int]:
+def ip_sort_key(ip: str) -> tuple[int, int]:
     addr = ipaddress.ip_address(ip)
     return (addr.version, int(addr))
 
 
-def _member_key(member: list[Any]) -> tuple[int, int, int]:
-    return (*_ip_sort_key(member[0]), member[1])
+def member_sort_key(member: list[Any]) -> tuple[int, int, int]:
+    return (*ip_sort_key(member[0]), member[1])

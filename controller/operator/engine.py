@@ -36,6 +36,7 @@ from controller.operator.enforcement import EnforcementTracker
 from controller.publish.desired import DesiredState
 from controller.publish.plan import Body, Key, Write
 from controller.publish.queue import BACKOFF_CAP, Outcome, WriteQueue
+from controller.publish.shards import shard_group
 from controller.publish.versions import Versions, not_after
 from controller.resources import (
     ADDRESS_GROUPS,
@@ -48,6 +49,13 @@ from controller.resources import (
 log = logging.getLogger(__name__)
 
 CR_KINDS = {ADDRESS_GROUPS: "AddressGroup", NODE_RULES: "NodeRules"}
+# The kinds compiled, in the order of the initial listing: the small kinds first, so the pods
+# (by far the most objects) find their namespaces, nodes and policies already there.
+# Under continuous churn the write queue never drains: policy changes whose own writes are
+# done are looked for this often (it scans the pending writes and the published NodeRules).
+SETTLE_CHECK = 0.1
+ENFORCEMENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LISTED_KINDS = ("Namespace", "Node", "NetworkPolicy", "Pod")
 FAILURE_KINDS = (
     "too_large",
     "invalid",
@@ -107,13 +115,21 @@ class Engine:
         self.outcomes: queue.SimpleQueue[tuple[int, Write, Outcome]] = queue.SimpleQueue()
         self.notices: list[Notice] = []
         self.failing: FailingWrite | None = None
-        self.expected: set[tuple[str, str]] | None = None  # initial listing still to arrive
+        # Kinds whose initial listing is not complete yet -> objects listed so far. Replaced
+        # whole on every change: health checks read it from another thread.
+        self._unlisted: dict[str, int] = dict.fromkeys(LISTED_KINDS, 0)
         self.policy_refs: dict[str, dict[str, Any]] = {}  # for Events
         self._recheck: set[Key] = set()  # published objects changed by someone else
         self._warned: dict[tuple[str, str, str], tuple[str, ...]] = {}  # (kind, key, reason)
         self._unsettled = True  # something changed since enforcement was last brought up to date
+        self._settle_checked = 0.0  # when published changes were last looked for under churn
         self._dns_blocked: frozenset[str] = frozenset()  # DNS groups published empty
         self.metrics = Metrics("nftpolicy_operator")
+        self.metrics.describe_histogram(
+            "policy_enforcement_seconds",
+            "NetworkPolicy change -> applied by the agent of every node its rules reach",
+            ENFORCEMENT_BUCKETS,
+        )
         for name, kind, text in (
             ("leader", "gauge", "1 while this replica holds the lease and publishes"),
             ("synced", "gauge", "1 once the initial listing of the cluster is compiled"),
@@ -156,9 +172,8 @@ class Engine:
     def event(self, kind: str, type: str | None, body: Mapping[str, Any]) -> bool:
         """A watch event (``type`` None: kopf's listing). Returns whether it shows that kopf
         listed again after the initial sync (so objects may have vanished unreported)."""
-        relisted = type is None and self.synced
         key = _key(kind, body)
-        self._seen(kind, key)
+        relisted = type is None and self.synced
         version = _version(body)
         if type == "DELETED":
             if self.versions.delete(kind, key, version):
@@ -257,9 +272,8 @@ class Engine:
     def observed(self, plural: str, type: str | None, body: Mapping[str, Any]) -> bool:
         """A watch event of our own AddressGroups/NodeRules: agents' status reports, and
         objects deleted or edited by someone else. Returns what ``event`` does."""
-        relisted = type is None and self.synced
         name = str(body.get("metadata", {}).get("name"))
-        self._seen(CR_KINDS[plural], name)
+        relisted = type is None and self.synced
         gone = type == "DELETED"
         if plural == NODE_RULES and not gone:
             applied = (body.get("status") or {}).get("appliedGeneration")
@@ -277,24 +291,17 @@ class Engine:
             self._recheck_key(key)
         return relisted
 
-    def expect(self, keys: Set[tuple[str, str]]) -> None:
-        """The complete initial listing (from kopf's pre-populated indexes)."""
-        if self.expected is None:
-            self.expected = set(keys)
-
-    def _seen(self, kind: str, key: str) -> None:
-        if self.expected:
-            self.expected.discard((kind, key))
-
     @property
     def synced(self) -> bool:
-        return self.expected is not None and not self.expected
+        """The initial listing of every compiled kind is complete (our own paged listing, not
+        kopf's: kopf's events feed the engine as well, before, during or after it)."""
+        return not self._unlisted
 
     # ---- reconcile ---------------------------------------------------------------------------
 
     def relisted(self, kind: str, items: list[dict[str, Any]], listed: set[str]) -> int:
-        """A page of a reconcile listing: feed what is newer than what is held, and add the
-        keys to ``listed``. Returns how many were fed."""
+        """A page of a listing (the initial one or a reconcile): feed what is newer than what
+        is held, and add the keys to ``listed``. Returns how many were fed."""
         fed = 0
         for body in items:
             key = _key(kind, body)
@@ -302,10 +309,15 @@ class Engine:
             if self.versions.admit(kind, key, _version(body)):
                 self.feed(kind, body)
                 fed += 1
+        if kind in self._unlisted:
+            self._unlisted = {**self._unlisted, kind: len(listed)}
         return fed
 
     def relist_done(self, kind: str, listed: Set[str], version: str) -> int:
-        """A complete listing at ``version`` named ``listed``: forget what it proves gone."""
+        """A complete listing at ``version`` named ``listed``: forget what it proves gone.
+        The first one of each kind completes that kind's initial listing."""
+        if kind in self._unlisted:
+            self._unlisted = {k: n for k, n in self._unlisted.items() if k != kind}
         self.versions.prune(kind, version)
         gone = self.versions.absent(kind, listed, version)
         for key in gone:
@@ -338,6 +350,7 @@ class Engine:
         """We just became leader: plan everything against what is really published."""
         self.term += 1
         self.queue = WriteQueue(published, _references)
+        self.desired.adopt(published)
         self.compiler.take_changes()
         self._want(self.desired.everything())
         for key in published:
@@ -368,12 +381,15 @@ class Engine:
             if self._recheck:
                 keys = [k for k in self._recheck if k not in q.pending]
                 self._recheck.clear()
-                groups = frozenset(n for p, n in keys if p == ADDRESS_GROUPS)
+                groups = frozenset(shard_group(n) for p, n in keys if p == ADDRESS_GROUPS)
                 nodes = frozenset(n for p, n in keys if p == NODE_RULES)
-                self._want(self.desired.bodies(Changes(groups, nodes)))
+                self._want(self.desired.bodies(Changes(groups, nodes), every_shard=True))
             writes = q.ready(now, self.config.write_concurrency)
-            if not writes and not q.in_flight and self._unsettled:
-                self._settled(q)
+            # Changes whose writes are all done are recorded when the queue drains, and under
+            # continuous churn (it never drains) every SETTLE_CHECK seconds.
+            idle = not writes and not q.in_flight
+            if self._unsettled and (idle or now - self._settle_checked >= SETTLE_CHECK):
+                self._settled(q, idle, now)
             streak = q.oldest_streak()
             self.failing = (
                 None
@@ -483,19 +499,24 @@ class Engine:
             }
             self.notices.append(Notice(own, "Warning", "PublishFailed", message))
             return
-        for policy in self.compiler.policies_using(write.name):
+        for policy in self.compiler.policies_using(shard_group(write.name)):
             ref = self.policy_refs.get(policy)
             if ref is not None:
                 self.notices.append(Notice(ref, "Warning", "PublishFailed", message))
 
-    def _settled(self, q: WriteQueue) -> None:
-        """Everything that can be written is: record the published generation of every
-        policy change, except those a write that cannot go out yet still concerns."""
-        self._unsettled = False
+    def _settled(self, q: WriteQueue, idle: bool, now: float) -> None:
+        """Record the published generation of every policy change whose writes are done,
+        i.e. that no pending, in-flight or failing write concerns. ``idle``: nothing is in
+        flight, so what is still pending cannot go out yet; until then, look again later."""
+        self._settle_checked = now
+        if not self.enforcement.unpublished():
+            self._unsettled = False
+            return
+        self._unsettled = not idle
         stuck: set[str] = set()
         for plural, name in q.pending:
             if plural == ADDRESS_GROUPS:
-                stuck.update(self.compiler.policies_using(name))
+                stuck.update(self.compiler.policies_using(shard_group(name)))
                 continue
             for body in (q.pending[(plural, name)], q.published.get((plural, name))):
                 for entry in (body or {}).get("spec", {}).get("policies", ()):
@@ -507,9 +528,7 @@ class Engine:
 
     def _policy_spans(self, q: WriteQueue, stuck: Set[str]) -> dict[str, frozenset[str]]:
         spans: dict[str, set[str]] = {
-            policy: set()
-            for policy, entry in self.enforcement.pending.items()
-            if entry.required is None and policy not in stuck
+            policy: set() for policy in self.enforcement.unpublished() if policy not in stuck
         }
         if not spans:
             return {}
@@ -523,10 +542,13 @@ class Engine:
 
     def _enforced(self, now: float) -> None:
         """An Enforced Event for every policy change now applied on all the nodes it spans."""
-        for policy, nodes, seconds in self.enforcement.done(now):
-            ref = self.policy_refs.get(policy)
+        for done in self.enforcement.done(now):
+            self.metrics.observe("policy_enforcement_seconds", done.oldest)
+            ref = self.policy_refs.get(done.policy)
             if ref is not None:
-                message = f"enforced on {nodes} node(s) {seconds * 1000:.0f} ms after the change"
+                message = f"enforced on {done.nodes} node(s) {done.seconds * 1000:.0f} ms after the change"
+                if done.changes > 1:
+                    message += f" ({done.changes} changes, the first {done.oldest:.1f} s ago)"
                 self.notices.append(Notice(ref, "Normal", "Enforced", message))
 
     # ---- health (read from the metrics server's thread) --------------------------------------
@@ -541,12 +563,12 @@ class Engine:
         )
 
     def sync_problem(self) -> str | None:
-        expected = self.expected
-        if expected is None:
-            return "initial listing not received yet"
-        if expected:
-            return f"initial listing not compiled yet ({len(expected)} objects to go)"
-        return None
+        unlisted = self._unlisted
+        if not unlisted:
+            return None
+        done = ", ".join(k for k in LISTED_KINDS if k not in unlisted) or "none"
+        going = ", ".join(f"{k} {n}" for k, n in unlisted.items())
+        return f"initial listing not complete: objects listed so far: {going} (done: {done})"
 
 
 def _key(kind: str, body: Mapping[str, Any]) -> str:

@@ -1,12 +1,15 @@
 """kopf wiring: watch handlers feed the engine; background tasks publish, reconcile and hold
 the lease.
 
-Watches use ``@kopf.on.event`` only (no finalizers, no annotations written on users' objects).
-Each kind also has a key-only ``@kopf.index``: kopf fills every index from the initial listing
-before it calls any resource handler, so the first handler call can record the complete set
-of objects the engine must have seen before its first publish (no partial view is published
-after a restart). Our own AddressGroups and NodeRules are watched too: agents report status
-there, and objects deleted or edited by someone else are re-planned.
+Watches use ``@kopf.on.event`` only (no finalizers, no annotations written on users' objects,
+and no ``@kopf.index``: kopf holds every object's first handler call until all indexes are
+filled, waking every waiting object on each one indexed, which made a restart quadratic in the
+number of objects). No partial view is published after a restart: the initial sync is our own
+paged listing of every compiled kind (the reconcile's machinery), and the engine publishes only
+once every kind's listing is complete. kopf's events, its own initial listing included, feed
+the engine meanwhile in any order (feeding is monotonic by resourceVersion). Our own
+AddressGroups and NodeRules are watched too: agents report status there, and objects deleted or
+edited by someone else are re-planned.
 
 Threads: kopf's event loop only routes. Every engine call runs on one compile worker thread
 (``Runtime.compile``), API writes in a bounded pool, listings and lease calls in their own
@@ -25,7 +28,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -36,8 +39,15 @@ from kubernetes import client
 from controller.kube import timeouts
 from controller.kube.informer import Informer
 from controller.kube.lease import LeaseElector
-from controller.kube.publisher import list_functions, list_pages, list_published, perform
-from controller.operator.engine import CR_KINDS, Engine, Notice, OperatorConfig
+from controller.kube.publisher import (
+    PAGE,
+    ListFn,
+    list_functions,
+    list_pages,
+    list_published,
+    perform,
+)
+from controller.operator.engine import CR_KINDS, LISTED_KINDS, Engine, Notice, OperatorConfig
 from controller.publish.plan import Write
 from controller.resources import GROUP, VERSION
 
@@ -52,6 +62,9 @@ RESOURCES = {
 LEASE_RENEW = 2.0
 RELIST_QUIET = 1.0  # reconcile this long after kopf's last listing event
 RECONCILE_RETRY = 30.0  # a failed reconcile is tried again after this (or the period)
+SYNC_RETRY = 5.0  # a failed initial listing of a kind is started again after this
+PROGRESS_EVERY = 10.0  # a long initial listing logs how far it got this often
+WORKER_IDLE = 1.0  # kopf's per-object task exits after this long idle (its default: 5 s)
 CYCLE_SPACING = 0.01  # publish cycles woken by finished writes are at least this far apart
 DNS_STALE = 2 * timeouts.WATCH_READ  # the DNS Service watch silent this long: not ready
 
@@ -103,7 +116,6 @@ class Runtime:
     # variable of the per-object tasks); the first handler call lends one to the publish loop.
     handler_context: list[contextvars.Context] = field(default_factory=list)
     relist: Relist = field(default_factory=Relist)
-    initial_taken: bool = False
     last_cycle: float = field(default_factory=time.monotonic)
     reconcile_failing_since: float | None = None
     reconcile_error: str = ""
@@ -116,16 +128,6 @@ class Runtime:
     async def compile(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the compile worker (the only thread that touches the engine)."""
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
-
-    def initial_keys(self, kwargs: Mapping[str, Any]) -> set[tuple[str, str]] | None:
-        """On the first handler call only: every key of kopf's initial listing."""
-        if self.initial_taken:
-            return None
-        self.initial_taken = True
-        keys: set[tuple[str, str]] = set()
-        for name in _index_names():
-            keys.update(kwargs[name])
-        return keys
 
     # ---- health checks (metrics server thread) -------------------------------------------------
 
@@ -146,10 +148,6 @@ class Runtime:
         return f"reconcile listings failing for {time.monotonic() - since:.0f} s: {self.reconcile_error}"
 
 
-def _index_names() -> list[str]:
-    return [f"nftpolicy_{kind.lower()}_keys" for kind in (*RESOURCES, *CR_KINDS.values())]
-
-
 def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     background: list[asyncio.Task[None]] = []
@@ -162,9 +160,18 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True  # leadership is the Lease's job (see lease.py)
         settings.posting.level = logging.ERROR
+        # kopf logs every handled event at info ("Handler ... succeeded."): 65k lines while
+        # 30k pods are created. Its per-object logger only; its warnings and errors remain.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         settings.watching.server_timeout = timeouts.WATCH_SERVER
         settings.watching.client_timeout = timeouts.WATCH_READ
         settings.watching.connect_timeout = timeouts.CONNECT
+        # kopf's own listing in pages too (by default it fetches a kind whole: at 100k pods
+        # hundreds of MB held at once, next to our paged listing of the same objects).
+        settings.watching.chunk_size = PAGE
+        # kopf keeps a task per object, holding its last event, this long after the event:
+        # after a listing of 100k objects that is tens of thousands of idle tasks at once.
+        settings.batching.idle_timeout = WORKER_IDLE
         settings.networking.request_timeout = timeouts.REQUEST[1]
         settings.networking.connect_timeout = timeouts.CONNECT
         background.append(asyncio.create_task(_publish_loop(rt)))
@@ -214,24 +221,11 @@ def _register(
     version: str,
     plural: str,
 ) -> None:
-    namespaced = kind in ("Pod", "NetworkPolicy")
     own = plural in CR_KINDS
 
-    def index_fn(name: str, namespace: str | None, **_: Any) -> dict[tuple[str, str], None]:
-        key = f"{namespace}/{name}" if namespaced else name
-        return {(kind, key): None}
-
-    kopf.index(group, version, plural, id=f"nftpolicy_{kind.lower()}_keys", registry=registry)(
-        index_fn
-    )
-
-    async def event_fn(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    async def event_fn(type: str | None, body: kopf.Body, **_: Any) -> None:
         if not rt.handler_context:
             rt.handler_context.append(contextvars.copy_context())
-        keys = rt.initial_keys(kwargs)
-        if keys is not None:
-            await rt.compile(rt.engine.expect, keys)
-            log.info("initial listing: %d objects", len(keys))
         raw = dict(body)  # a plain snapshot: kopf may swap what its Body views
         if own:
             relisted = await rt.compile(rt.engine.observed, plural, type, raw)
@@ -323,14 +317,91 @@ def _post(rt: Runtime, notices: list[Notice]) -> None:
 
 
 async def _reconcile_loop(rt: Runtime) -> None:
+    await _initial_sync(rt)
+    # Once kopf's own first listing has quietened, reconcile once: an object our listing
+    # saw and that was deleted before kopf's listing (taken a moment later) is reported by
+    # neither. kopf's listing events after the sync poke (kopf listing after us, as after a
+    # re-list), and so does the sync itself.
+    rt.relist.poke()
     period = rt.engine.config.reconcile_period
     wait = period
     while True:
         relisted = await rt.relist.wait(wait)
-        if not rt.engine.synced:
-            continue  # the initial listing is still arriving: nothing to compare yet
         ok = await _reconcile(rt, "kopf listed again" if relisted else "periodic")
         wait = period if ok else min(period, RECONCILE_RETRY)
+
+
+async def _initial_sync(rt: Runtime) -> None:
+    """The first complete listing of every compiled kind, page by page (the engine holds no
+    more than one raw page of ours at a time), kind by kind; the engine is synced, and may
+    publish, after the last. A failed listing starts that kind again (completed kinds stay
+    done); failing for long shows in the reconcile health check."""
+    started = time.monotonic()
+    total = 0
+    functions = list_functions(rt.api)
+    for kind in LISTED_KINDS:
+        began = time.monotonic()
+        while True:
+            try:
+                listed, fed, gone = await _list_kind(rt, kind, functions[kind], began)
+                break
+            except Exception as e:  # noqa: BLE001 - the API is away or slow: try again
+                _reconcile_failed(rt, e)
+                log.warning(
+                    "initial listing of %s failed: %s; starting it again in %.0f s",
+                    kind,
+                    rt.reconcile_error,
+                    SYNC_RETRY,
+                )
+                await asyncio.sleep(SYNC_RETRY)
+        rt.reconcile_failing_since = None
+        total += listed
+        log.info(
+            "initial listing: %s: %d objects (%d fed from this listing, the rest by kopf's "
+            "events first; %d gone meanwhile) in %.1f s",
+            kind,
+            listed,
+            fed,
+            gone,
+            time.monotonic() - began,
+        )
+    log.info(
+        "initial listing complete: %d objects in %.1f s; publishing once leading",
+        total,
+        time.monotonic() - started,
+    )
+
+
+async def _list_kind(
+    rt: Runtime, kind: str, list_fn: ListFn, began: float | None = None
+) -> tuple[int, int, int]:
+    """List one kind through the API into the engine: (objects listed, fed, forgotten).
+    ``began``: this is the initial listing, started then (progress is logged)."""
+    loop = asyncio.get_running_loop()
+    pages: Iterator[tuple[list[dict[str, Any]], str]] = list_pages(list_fn)
+    listed: set[str] = set()
+    version, fed = "", 0
+    reported = time.monotonic()
+    while (page := await loop.run_in_executor(rt.lister, next, pages, None)) is not None:
+        items, version = page
+        fed += await rt.compile(rt.engine.relisted, kind, items, listed)
+        del items, page  # one raw page at a time
+        if began is not None and time.monotonic() - reported >= PROGRESS_EVERY:
+            reported = time.monotonic()
+            log.info(
+                "initial listing: %s: %d objects so far (%.0f s)",
+                kind,
+                len(listed),
+                reported - began,
+            )
+    gone = await rt.compile(rt.engine.relist_done, kind, listed, version)
+    return len(listed), fed, gone
+
+
+def _reconcile_failed(rt: Runtime, e: Exception) -> None:
+    if rt.reconcile_failing_since is None:
+        rt.reconcile_failing_since = time.monotonic()
+    rt.reconcile_error = f"{type(e).__name__}: {e}"
 
 
 async def _reconcile(rt: Runtime, why: str) -> bool:
@@ -340,15 +411,9 @@ async def _reconcile(rt: Runtime, why: str) -> bool:
     corrections = 0
     try:
         for kind, list_fn in list_functions(rt.api).items():
-            pages: Iterator[tuple[list[dict[str, Any]], str]] = list_pages(list_fn)
-            listed: set[str] = set()
-            version, fed = "", 0
-            while (page := await loop.run_in_executor(rt.lister, next, pages, None)) is not None:
-                items, version = page
-                fed += await rt.compile(engine.relisted, kind, items, listed)
-            gone = await rt.compile(engine.relist_done, kind, listed, version)
+            listed, fed, gone = await _list_kind(rt, kind, list_fn)
             corrections += fed + gone
-            counts.append(f"{kind} {len(listed)} listed, {fed} updated, {gone} forgotten")
+            counts.append(f"{kind} {listed} listed, {fed} updated, {gone} forgotten")
         if engine.leading:
             custom = client.CustomObjectsApi(rt.api)
             published, versions = await loop.run_in_executor(rt.lister, list_published, custom)
@@ -356,9 +421,7 @@ async def _reconcile(rt: Runtime, why: str) -> bool:
             corrections += fixed
             counts.append(f"published {len(published)} listed, {fixed} corrected")
     except Exception as e:  # noqa: BLE001 - the API is away or slow: try again later
-        if rt.reconcile_failing_since is None:
-            rt.reconcile_failing_since = time.monotonic()
-        rt.reconcile_error = f"{type(e).__name__}: {e}"
+        _reconcile_failed(rt, e)
         log.warning("reconcile (%s) failed: %s; trying again", why, rt.reconcile_error)
         return False
     rt.reconcile_failing_since = None

@@ -7,10 +7,10 @@ that fails is retried with capped exponential backoff for that object alone, and
 write goes on. Agents apply only complete views (a NodeRules object and every group it refers
 to), so two orderings are kept, and nothing else waits for anything:
 
-* a NodeRules object is written only once every group it refers to is published with that
-  node in its span (so the node's agent sees the group);
-* a group keeps in its span, and is not deleted while, any node whose published (or in-flight)
-  NodeRules still refers to it.
+* a NodeRules object is written only once every shard of every group it refers to is
+  published with that node in its span (so the node's agent sees the whole group);
+* a group's shards keep in their span, and are not deleted while, any node whose published
+  (or in-flight) NodeRules still refers to the group.
 
 A group whose write keeps failing therefore holds back the NodeRules that need it, and nothing
 more.
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from controller.publish.plan import Body, Key, Write, labels, same, with_span, write_for
+from controller.publish.shards import shard_group
 from controller.publish.versions import newer
 from controller.resources import ADDRESS_GROUPS, NODE_RULES, span_label
 
@@ -89,6 +90,7 @@ class WriteQueue:
         self._wanted_refs: dict[str, frozenset[str]] = {}  # node -> groups its pending rules use
         self._flight_refs: dict[str, frozenset[str]] = {}  # node -> groups of its rules in flight
         self._dirty: set[Key] = set()  # pending keys to compare again
+        self._shards: dict[str, set[str]] = {}  # group -> its shards, pending or published
         # planned writes waiting for their turn, by phase: groups, NodeRules, group deletions
         self._todo: tuple[dict[Key, Write], ...] = ({}, {}, {})
         for key, body in published.items():
@@ -100,6 +102,7 @@ class WriteQueue:
         """The desired body of ``key`` (``None``: should not exist); for NodeRules, ``refs``
         are the groups it refers to."""
         self.pending[key] = body
+        self._index(key)
         if key[0] == NODE_RULES:
             if body is None:
                 self._wanted_refs.pop(key[1], None)
@@ -200,6 +203,7 @@ class WriteQueue:
             self.published.pop(key, None)
         else:
             self.published[key] = body
+        self._index(key)
         if key in self.pending:
             self._dirty.add(key)
         if plural != NODE_RULES or (
@@ -224,11 +228,28 @@ class WriteQueue:
         if write.plural == NODE_RULES:
             self._users_changed(self._flight_refs.pop(write.name, frozenset()))
 
+    def _index(self, key: Key) -> None:
+        """Keep ``_shards`` in step after ``key`` entered or left ``pending``/``published``."""
+        plural, name = key
+        if plural != ADDRESS_GROUPS:
+            return
+        group = shard_group(name)
+        if key in self.pending or key in self.published:
+            self._shards.setdefault(group, set()).add(name)
+            return
+        names = self._shards.get(group)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._shards[group]
+
     def _users_changed(self, groups: Iterable[str]) -> None:
         for group in groups:
-            if (ADDRESS_GROUPS, group) in self.pending:
-                self._dirty.add((ADDRESS_GROUPS, group))
-                self._unplan((ADDRESS_GROUPS, group))
+            for name in self._shards.get(group, ()):
+                key = (ADDRESS_GROUPS, name)
+                if key in self.pending:
+                    self._dirty.add(key)
+                    self._unplan(key)
 
     def _users_of(self, group: str) -> set[str]:
         users = set(self._users.get(group, ()))
@@ -243,13 +264,14 @@ class WriteQueue:
             plural, name = key
             if same(desired, current):
                 del self.pending[key]
+                self._index(key)
                 self.streaks.pop(key, None)
                 if plural == NODE_RULES:
                     self._wanted_refs.pop(name, None)
                 continue
             if plural == ADDRESS_GROUPS:
-                users = self._users_of(name)
-                if desired is None and users:
+                users = self._users_of(shard_group(name))
+                if desired is None and users and not self._group_stays(name):
                     continue  # still referred to: deleted once the rules have moved on
                 if desired is not None:
                     desired = with_span(desired, users)
@@ -266,12 +288,34 @@ class WriteQueue:
         if streak is not None and now < streak.retry_at:
             return False
         if write.plural == ADDRESS_GROUPS:
-            return write.verb != "delete" or not self._users_of(write.name)
+            return (
+                write.verb != "delete"
+                or self._group_stays(write.name)
+                or not self._users_of(shard_group(write.name))
+            )
         if write.verb == "delete":
             return True
         label = span_label(write.name)
-        for group in self._wanted_refs.get(write.name, ()):
-            key = (ADDRESS_GROUPS, group)
+        return all(self._visible(group, label) for group in self._wanted_refs.get(write.name, ()))
+
+    def _group_stays(self, shard: str) -> bool:
+        """Is the group of ``shard`` to go on existing? (Its base shard is never emptied away,
+        so another shard deleted while it stays only lost its members: it need not wait for
+        the rules that use the group.)"""
+        base = (ADDRESS_GROUPS, shard_group(shard))
+        return shard != base[1] and (
+            self.pending[base] is not None if base in self.pending else base in self.published
+        )
+
+    def _visible(self, group: str, label: str) -> bool:
+        """Is every shard of ``group`` (but those on their way out) published with ``label``?"""
+        names = self._shards.get(group)
+        if not names or group not in names:
+            return False
+        for name in names:
+            key = (ADDRESS_GROUPS, name)
+            if key in self.pending and self.pending[key] is None:
+                continue
             body = self.published.get(key)
             if body is None or label not in labels(body) or key in self.in_flight:
                 return False

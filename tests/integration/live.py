@@ -8,13 +8,15 @@ namespace (``--netns``), as a hostNetwork DaemonSet pod would on its node.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -371,3 +373,46 @@ def scrape(port: int) -> dict[str, float]:
         for name, _, value in (line.rpartition(" ") for line in text.splitlines())
         if name and not name.startswith("#")
     }
+
+
+def wait_log(
+    live: Live, name: str, needle: str | re.Pattern[str], offset: int = 0, timeout: float = 10.0
+) -> float:
+    """Wait until ``name``'s log (from byte ``offset``) contains ``needle``; returns when."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = live.log(name)[offset:]
+        found = needle.search(text) if isinstance(needle, re.Pattern) else needle in text
+        if found:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} did not log {needle!r}:\n{text[-4000:]}")
+        time.sleep(0.05)
+
+
+# A pod of ``two_nodes``: (name, node number 1 or 2, IPv4 address, labels).
+PodSpec = tuple[str, int, str, dict[str, str]]
+
+
+@contextmanager
+def two_nodes(
+    control_plane: TestControlPlane,
+    netns_cluster: NetnsCluster,
+    tmp_path: Path,
+    pods: Sequence[PodSpec],
+    namespace_labels: dict[str, str] | None = None,
+) -> Iterator[Live]:
+    """The CRDs, nodes ``<ns>-n1`` and ``<ns>-n2``, the test namespace and ``pods``, their
+    probe agents ready; no operator or agent started. Closed on exit."""
+    install_crds(control_plane)
+    live = Live(control_plane, netns_cluster, tmp_path)
+    try:
+        for i, node in enumerate(("n1", "n2")):
+            live.add_node(f"{live.ns}-{node}", i + 1)
+        live.add_namespace(live.ns, namespace_labels)
+        for name, node_number, ip, labels in pods:
+            live.add_pod(live.ns, name, f"{live.ns}-n{node_number}", ip, labels)
+        netns_cluster.wait_ready()
+        yield live
+    finally:
+        live.close()

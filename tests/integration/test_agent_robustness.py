@@ -35,7 +35,7 @@ from controller.resources import (
 )
 from controller.testing.apiserver import TestControlPlane, find_binaries
 from controller.testing.netns import NetnsCluster, Probe
-from tests.integration.live import Live, install_crds
+from tests.integration.live import Live, install_crds, two_nodes
 from tests.integration.proxy import Proxy, free_port, health, proxied_kubeconfig
 
 pytestmark = pytest.mark.integration
@@ -74,20 +74,9 @@ def applied(live: Live, node: str) -> int | None:
 def live(
     control_plane: TestControlPlane, netns_cluster: NetnsCluster, tmp_path: Path
 ) -> Iterator[Live]:
-    install_crds(control_plane)
-    live = Live(control_plane, netns_cluster, tmp_path)
-    try:
-        for i, node in enumerate(("n1", "n2")):
-            live.add_node(f"{live.ns}-{node}", i + 1)
-        live.add_namespace(live.ns)
-        n1, n2 = f"{live.ns}-n1", f"{live.ns}-n2"
-        live.add_pod(live.ns, "a", n1, A, {"app": "a"})
-        live.add_pod(live.ns, "b", n2, B, {"app": "b"})
-        live.add_pod(live.ns, "c", n1, C, {"app": "c"})
-        netns_cluster.wait_ready()
+    pods = [("a", 1, A, {"app": "a"}), ("b", 2, B, {"app": "b"}), ("c", 1, C, {"app": "c"})]
+    with two_nodes(control_plane, netns_cluster, tmp_path, pods) as live:
         yield live
-    finally:
-        live.close()
 
 
 def only_from(name: str, target: str, source: str, ns: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 
 from controller.testing.apiserver import TestControlPlane
 from controller.testing.netns import NetnsCluster, Probe
-from tests.integration.live import Live, eventually, install_crds, rules_applied
+from tests.integration.live import Live, eventually, rules_applied, two_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -21,17 +21,9 @@ CONVERGENCE = 5.0  # seconds allowed from an API write to enforcement on every n
 def live(
     control_plane: TestControlPlane, netns_cluster: NetnsCluster, tmp_path: Path
 ) -> Iterator[Live]:
-    install_crds(control_plane)
-    live = Live(control_plane, netns_cluster, tmp_path)
-    try:
-        for i, node in enumerate(("n1", "n2")):
-            live.add_node(f"{live.ns}-{node}", i + 1)
-        live.add_namespace(live.ns, {"team": "a"})
+    pods = [("a", 1, A, {"app": "a"}), ("b", 2, B, {"app": "b"}), ("c", 1, C, {"app": "c"})]
+    with two_nodes(control_plane, netns_cluster, tmp_path, pods, {"team": "a"}) as live:
         n1, n2 = f"{live.ns}-n1", f"{live.ns}-n2"
-        live.add_pod(live.ns, "a", n1, A, {"app": "a"})
-        live.add_pod(live.ns, "b", n2, B, {"app": "b"})
-        live.add_pod(live.ns, "c", n1, C, {"app": "c"})
-        netns_cluster.wait_ready()
         live.start_operator()
         live.start_agent(n1)
         live.start_agent(n2)
@@ -39,8 +31,6 @@ def live(
         # bounds: on a busy machine it alone can take longer.
         eventually(lambda: rules_applied(live, [n1, n2]), 120, "both agents' first apply")
         yield live
-    finally:
-        live.close()
 
 
 def to_a(src: str) -> Probe:

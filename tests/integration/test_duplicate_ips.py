@@ -25,7 +25,7 @@ from controller.model import Direction, parse_object
 from controller.testing.apiserver import TestControlPlane
 from controller.testing.netns import NetnsCluster, Probe
 from tests.integration.enforcer import Enforcer
-from tests.integration.live import Live, install_crds
+from tests.integration.live import Live, install_crds, wait_log
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +139,7 @@ def test_compiled_duplicate_ips_apply_and_the_newest_pod_decides(
 # ---- (b) end to end: real API server, operator and agents -------------------------------------
 
 CONVERGENCE = 20.0  # generous: the machine may be busy
+OPERATOR_START = 60.0  # process start -> leading; a loaded CI machine took over 20 s
 
 
 @pytest.fixture
@@ -176,6 +177,7 @@ def test_stuck_pod_and_new_pod_on_one_ip(live: Live) -> None:
         return Probe(f"{ns}/{src}", shared, 80)
 
     probes = [at_shared("xc"), at_shared("yc"), Probe(f"{ns}/xc", c, 80)]
+    wait_log(live, "operator", "leading:", timeout=OPERATOR_START)
     live.wait_for([*probes, Probe(f"{ns}/old", s, 80)], [True, False, True, True], CONVERGENCE)
 
     # old gets stuck terminating: deleted with a grace period and no kubelet to finish it, it

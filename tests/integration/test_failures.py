@@ -38,7 +38,7 @@ from controller.agent.kernel import Kernel
 from controller.resources import ADDRESS_GROUPS, GROUP, NODE_RULES, VERSION
 from controller.testing.apiserver import TestControlPlane
 from controller.testing.netns import NetnsCluster, Probe
-from tests.integration.live import Live, install_crds
+from tests.integration.live import Live, two_nodes, wait_log
 
 pytestmark = pytest.mark.integration
 
@@ -309,6 +309,20 @@ def published(live: Live) -> Snapshot:
     return out
 
 
+def settled(live: Live, quiet: float = 1.0, timeout: float = 30.0) -> Snapshot:
+    """The published objects once nothing has written them for ``quiet`` seconds (agents
+    report status after their applies; on a busy machine that can take a while)."""
+    deadline = time.monotonic() + timeout
+    snap = published(live)
+    while True:
+        time.sleep(quiet)
+        again = published(live)
+        if again == snap:
+            return snap
+        assert time.monotonic() < deadline, "published objects kept changing"
+        snap = again
+
+
 def compare(before: Snapshot, after: Snapshot, max_bumps: int) -> list[str]:
     """Objects deleted (or deleted and re-created) or written more than ``max_bumps`` times."""
     problems = []
@@ -320,21 +334,6 @@ def compare(before: Snapshot, after: Snapshot, max_bumps: int) -> list[str]:
         elif not 0 <= after[key][2] - gen <= max_bumps:
             problems.append(f"{key} generation {gen} -> {after[key][2]}")
     return problems
-
-
-def wait_log(
-    live: Live, name: str, needle: str | re.Pattern[str], offset: int = 0, timeout: float = 10.0
-) -> float:
-    """Wait until ``name``'s log (from byte ``offset``) contains ``needle``; returns when."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = live.log(name)[offset:]
-        found = needle.search(text) if isinstance(needle, re.Pattern) else needle in text
-        if found:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} did not log {needle!r}:\n{text[-4000:]}")
-        time.sleep(0.05)
 
 
 def logged_at(live: Live, name: str, needle: str, offset: int = 0) -> float:
@@ -435,20 +434,11 @@ def live(
     control_plane: TestControlPlane, netns_cluster: NetnsCluster, tmp_path: Path
 ) -> Iterator[Live]:
     """Nodes n1 (pods a, c) and n2 (pod b); no operator or agent is started yet."""
-    install_crds(control_plane)
-    live = Live(control_plane, netns_cluster, tmp_path)
+    pods = [("a", 1, A, {"app": "a"}), ("b", 2, B, {"app": "b"}), ("c", 1, C, {"app": "c"})]
     try:
-        for i, node in enumerate(("n1", "n2")):
-            live.add_node(f"{live.ns}-{node}", i + 1)
-        live.add_namespace(live.ns, {"team": "a"})
-        n1, n2 = node_names(live)
-        live.add_pod(live.ns, "a", n1, A, {"app": "a"})
-        live.add_pod(live.ns, "b", n2, B, {"app": "b"})
-        live.add_pod(live.ns, "c", n1, C, {"app": "c"})
-        netns_cluster.wait_ready()
-        yield live
+        with two_nodes(control_plane, netns_cluster, tmp_path, pods, {"team": "a"}) as live:
+            yield live
     finally:
-        live.close()
         if not control_plane.readyz():  # a test failed while the API server was down
             control_plane.restart_apiserver()
 
@@ -580,8 +570,7 @@ def test_operator_restart_changes_nothing_and_catches_up(live: Live, sig: int) -
     enforce_a_from_b(live, probes, [True, False, True])
     wait_log(live, "operator", "leading:")
     with Monitor(live, probes, [True, False, True]) as mon:
-        time.sleep(1.0)  # let agents' status writes settle
-        snap0 = published(live)
+        snap0 = settled(live)  # agents' status writes move resourceVersions too
 
         # Restart with nothing changed in between: not a single write.
         offset = log_size(live, "operator")
@@ -773,7 +762,7 @@ def test_two_operators_one_publishes_and_the_standby_takes_over(live: Live) -> N
         # and a change is made at once: enforced after the lease expires and op-a takes over.
         offset = log_size(live, "op-a")
         live.start_operator("op-a")
-        wait_log(live, "op-a", "initial listing", offset)  # running, a hot standby
+        wait_log(live, "op-a", "initial listing complete", offset)  # running, a hot standby
         mon.hold(2.0)
         assert acquired not in live.log("op-a")[offset:], "op-a took a lease that was held"
         killed = time.time()
@@ -893,4 +882,47 @@ def test_established_connection_lives_while_allowed_and_is_cut_after(live: Live)
     finally:
         for client in clients:
             client.close()
+        server.close()
+
+
+def test_the_kernel_cuts_a_denied_established_flow_at_the_swap(live: Live) -> None:
+    """Catches: a flow the new rules deny that keeps passing until some clean-up pass (here
+    there is none: ``--no-conntrack-cleanup``), so "applied" would not mean "enforced"; and a
+    flow the new rules still allow that is not stamped again (it would be re-checked on every
+    packet, or cut)."""
+    ns = live.ns
+    n1, _ = node_names(live)
+    probes = [Probe(f"{ns}/b", A, 80), Probe(f"{ns}/c", A, 80)]
+    live.start_operator("operator")
+    for node in node_names(live):
+        live.start_agent(node, extra_args=["--no-conntrack-cleanup"])
+    enforce_a_from_b(live, probes, [True, False])
+    server = EchoServer(pod_netns(live, "a"))
+    conn = connect(pod_netns(live, "b"), A)
+    try:
+        # An apply that changes n1's rules but still allows the flow: the flow's next packet is
+        # re-checked and its conntrack entry stamped with the new ruleset's epoch.
+        offset = log_size(live, f"agent-{n1}")
+        live.apply_policy(ns, ingress_only_from("c-from-b", "c", "b", ns))
+        wait_log(live, f"agent-{n1}", "applied generation", offset)
+        assert conn.ping(), "an allowed established flow was cut by an unrelated change"
+        forward = live.net.run_in(
+            live.net.node_netns(n1), ["nft", "list", "chain", "inet", "nftpolicy", "forward"]
+        )
+        epoch = re.search(r"ct mark (0x[0-9a-f]+)/16 accept", forward)
+        assert epoch, forward
+        entries = live.net.run_in(
+            live.net.node_netns(n1),
+            ["conntrack", "-L", "-p", "tcp", "--orig-dst", A, "--dport", str(ECHO_PORT)],
+        )
+        assert f"mark={int(epoch.group(1), 16)}" in entries, (epoch.group(1), entries)
+
+        # Removing the allowance: the kernel drops the flow's next packet.
+        live.label_pod(ns, "b", {"app": "x"})
+        live.wait_for(probes, [False, False], timeout=CONVERGENCE)
+        assert not conn.ping(1.0), "a denied established flow still passed after the swap"
+        log = live.log(f"agent-{n1}")
+        assert "established flows that policies no longer allow" not in log
+    finally:
+        conn.close()
         server.close()

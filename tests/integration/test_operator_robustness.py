@@ -389,7 +389,7 @@ def test_a_leader_whose_connection_hangs_stops_publishing(
         start_operator_with(live, "op-a", metrics_port=port, kubeconfig=kubeconfig)
         wait_leading(live, "op-a")
         start_operator_with(live, "op-b")
-        wait(lambda: "initial listing" in live.log("op-b"), SLACK, "the standby", live)
+        wait(lambda: "initial listing complete" in live.log("op-b"), SLACK, "the standby", live)
         time.sleep(2.0)
 
         proxy.freeze()

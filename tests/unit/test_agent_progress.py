@@ -15,7 +15,7 @@ from kubernetes import client
 from controller.agent import agent as agent_module
 from controller.agent.agent import Agent, AgentConfig
 from controller.agent.progress import GenerationLag, MissingGroups, stand_ins
-from controller.agent.render import MissingGroupError, render
+from controller.agent.render import MissingGroupError, RenderOptions, render
 from controller.agent.verdict import Ruleset
 from controller.compiler.ir import (
     AddressGroup,
@@ -252,3 +252,71 @@ def test_agent_health_checks(
     agent._sync(force=False)
     now[0] += 31.0
     assert len(kernel.applied) == 1 and agent._lag_problem() is None
+
+
+# ---- established flows: the kernel re-check, and when the status goes out -----------------------
+
+
+def _forward(ruleset: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    return [
+        c["add"]["rule"]["expr"]
+        for c in ruleset["nftables"]
+        if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == "forward"
+    ]
+
+
+def _epoch(ruleset: dict[str, Any]) -> int:
+    fast = _forward(ruleset)[0][1]["match"]
+    assert fast["left"] == {"&": [{"ct": {"key": "mark"}}, 0xFFFF0000]}
+    return int(fast["right"])
+
+
+def test_the_epoch_follows_the_rules_and_stays_under_the_mask() -> None:
+    """Catches: an epoch that changes on a mere re-apply (every flow re-checked at each
+    resync), one that stays the same when the rules change (denied flows keep the fast path),
+    or bits outside the mask (other users' conntrack mark bits overwritten)."""
+    groups = {"g1": G1, "g2": G2, "pg": PG}
+    first, again = render(rules(), groups), render(rules(), dict(groups))
+    narrower = render(rules(), {**groups, "g1": AddressGroup("g1", "peer 1")})
+    assert _epoch(first) == _epoch(again)
+    assert _epoch(first) != _epoch(narrower)
+    for ruleset in (first, narrower):
+        epoch = _epoch(ruleset)
+        assert epoch and epoch & ~0xFFFF0000 == 0
+        stamp = _forward(ruleset)[-1]
+        assert stamp == [
+            {
+                "mangle": {
+                    "key": {"ct": {"key": "mark"}},
+                    "value": {"|": [{"&": [{"ct": {"key": "mark"}}, 0x0000FFFF]}, epoch]},
+                }
+            }
+        ]
+    without = render(rules(), groups, RenderOptions(ct_mark_mask=0))
+    assert [next(iter(r[-1])) for r in _forward(without)][:2] == ["accept", "vmap"]
+    assert "mangle" not in str(without)
+
+
+@pytest.mark.parametrize(
+    ("mask", "expected"), [(0xFFFF0000, ["status", "clean-up"]), (0, ["clean-up", "status"])]
+)
+def test_the_status_waits_for_the_clean_up_only_without_the_kernel_re_check(
+    mask: int, expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: "applied" reported while a denied flow can still pass (no re-check, clean-up
+    not done yet), or held back behind a slow conntrack walk when the kernel already cuts it."""
+    a = Agent(client.ApiClient(), AgentConfig(node="n1", render=RenderOptions(ct_mark_mask=mask)))
+    a.kernel = FakeKernel()  # type: ignore[assignment]
+    for informer in a.informers:
+        informer.synced.set()
+    order: list[str] = []
+    monkeypatch.setattr(a._status, "submit", lambda _s: order.append("status"))
+    monkeypatch.setattr(a, "_remove_disallowed", lambda *_: order.append("clean-up"))
+    monkeypatch.setattr(a._flows, "submit", a._clean_flows)  # no thread here
+    body = node_rules_body(rules())
+    body["metadata"]["generation"] = 1
+    a._rules_synced({"n1": body})
+    a._groups_synced({n: group_body(g, ["n1"]) for n, g in (("g1", G1), ("g2", G2), ("pg", PG))})
+    a._sync(force=False)
+    assert order == expected
+    assert "nftpolicy_agent_conntrack_cleanup_lag_seconds" in a.metrics.render()

@@ -239,6 +239,7 @@ def test_agent_options_from_values(custom_objs: list[dict[str, Any]]) -> None:
         "--no-conntrack-cleanup",
         "--no-log",
         "--unknown-endpoints=allow",
+        "--ct-mark-mask=16711680",
         "--pod-cidrs=10.244.0.0/24,fd00:244::/64",
         "--log-level=debug",
         "--metrics-port=9091",

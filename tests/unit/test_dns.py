@@ -27,7 +27,7 @@ from controller.operator.engine import Engine, Notice, OperatorConfig
 from controller.publish.plan import Write
 from controller.resources import ADDRESS_GROUPS
 from controller.semantics import Snapshot, evaluate
-from tests.unit.test_engine import Server
+from tests.unit.test_engine import Server, synced
 
 UDP, TCP = Protocol.UDP, Protocol.TCP
 EGRESS_DENY = DefaultDeny(frozenset({Direction.EGRESS}))
@@ -275,7 +275,7 @@ def test_operator_warns_once_when_default_deny_blocks_dns_and_clears_when_found(
         return writes, posted
 
     engine.cycle = recording  # type: ignore[method-assign]
-    engine.expect(set())
+    synced(engine)
     engine.event("Node", None, {"metadata": {"name": "n1", "resourceVersion": "1"}})
     engine.event("Pod", None, body(pod("x", "client", "10.0.1.10", app="c"), 2))
     server = Server(engine)

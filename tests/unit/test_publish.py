@@ -273,19 +273,23 @@ def test_label_patch_removes_stale_span_labels() -> None:
     }
 
 
+def _done(t: EnforcementTracker, now: float) -> list[tuple[str, int, float]]:
+    return [(d.policy, d.nodes, d.seconds) for d in t.done(now)]
+
+
 def test_enforcement_is_reported_once_every_spanned_node_applied() -> None:
     t = EnforcementTracker()
     t.changed("x/a", now=10.0)
     t.changed("x/unused", now=10.0)
-    assert t.done(11.0) == []  # not published yet
+    assert _done(t, 11.0) == []  # not published yet
     t.published({"x/a": frozenset({"n1", "n2"})}, {"n1": 3, "n2": 5})
-    assert t.done(11.0) == [("x/unused", 0, 1.0)]  # spans no node: enforced as published
+    assert _done(t, 11.0) == [("x/unused", 0, 1.0)]  # spans no node: enforced as published
     t.reported("n1", 3)
     t.reported("n2", 4)
-    assert t.done(11.5) == []
+    assert _done(t, 11.5) == []
     t.reported("n2", 5)
-    assert t.done(12.0) == [("x/a", 2, 2.0)]
-    assert t.done(13.0) == []
+    assert _done(t, 12.0) == [("x/a", 2, 2.0)]
+    assert _done(t, 13.0) == []
 
 
 def test_enforcement_waits_for_policies_a_stuck_write_concerns() -> None:
@@ -295,10 +299,28 @@ def test_enforcement_waits_for_policies_a_stuck_write_concerns() -> None:
     t.published({"x/a": frozenset({"n1"}), "x/b": frozenset({"n2"})}, {"n1": 2, "n2": 2}, {"x/b"})
     t.reported("n1", 2)
     t.reported("n2", 2)
-    assert t.done(2.0) == [("x/a", 1, 1.0)]  # x/b's write has not gone out: not enforced
+    assert _done(t, 2.0) == [("x/a", 1, 1.0)]  # x/b's write has not gone out: not enforced
     t.published({"x/b": frozenset({"n2"})}, {"n2": 3})
     t.reported("n2", 3)
-    assert t.done(3.0) == [("x/b", 1, 2.0)]
+    assert _done(t, 3.0) == [("x/b", 1, 2.0)]
+
+
+def test_each_published_change_is_reported_and_unpublished_ones_join() -> None:
+    """Catches: a published change forgotten when the policy changes again before its nodes
+    applied it (under churn no Enforced event would ever come), or changes counted twice."""
+    t = EnforcementTracker()
+    t.changed("x/a", now=1.0)
+    t.changed("x/a", now=2.0)  # before the first was published: enforced by the same writes
+    t.published({"x/a": frozenset({"n1"})}, {"n1": 5})
+    t.changed("x/a", now=3.0)  # after: its own entry
+    t.reported("n1", 5)
+    (first,) = t.done(4.0)
+    assert (first.seconds, first.oldest, first.changes) == (2.0, 3.0, 2)
+    assert t.unpublished() == {"x/a"}
+    t.published({"x/a": frozenset({"n1"})}, {"n1": 6})
+    t.reported("n1", 6)
+    assert _done(t, 5.0) == [("x/a", 1, 2.0)]
+    assert not t.pending
 
 
 def test_failure_classes() -> None:

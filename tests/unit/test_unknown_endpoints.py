@@ -211,7 +211,8 @@ def test_the_forward_chain_checks_unknown_endpoints_before_the_verdict_maps() ->
         if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == "forward"
     ]
     kinds = [next(iter(expr[-1])) for expr in forward_rules]
-    assert kinds == ["accept", "jump", "jump", "vmap", "vmap", "vmap", "vmap"]
+    established = ["accept"] * 3  # current epoch; related; reply direction (render doc)
+    assert kinds == [*established, "jump", "jump", "vmap", "vmap", "vmap", "vmap", "mangle"]
     assert {
         "add": {"counter": {"family": "inet", "table": "nftpolicy", "name": UNKNOWN_COUNTER}}
     } in (commands)
@@ -353,15 +354,16 @@ def test_the_agent_reports_protection_and_counts_drops_across_swaps(
     warnings = [r for r in caplog.records if "protection inactive" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert _metric(agent, "unknown_endpoint_protection") == 0
-    # The status waits behind the conntrack clean-up on the ``_flows`` thread (not started).
-    assert agent._flows._pending is not None and agent._flows._pending[1] is not None
-    assert agent._flows._pending[1]["unknownEndpoints"] == "inactive"
+    # The status goes to the ``_status`` thread (not started) at once: the kernel re-checks
+    # established flows, nothing waits for a conntrack clean-up.
+    assert agent._status._pending is not None
+    assert agent._status._pending["unknownEndpoints"] == "inactive"
 
     ranged = dataclasses.replace(bare, pod_cidrs=(ipaddress.ip_network("10.244.1.0/24"),))
     sync(ranged, 3)
     assert _metric(agent, "unknown_endpoint_protection") == 1
-    assert agent._flows._pending[1] is not None
-    assert agent._flows._pending[1]["unknownEndpoints"] == "drop"
+    assert agent._status._pending is not None
+    assert agent._status._pending["unknownEndpoints"] == "drop"
     kernel.packets = 5
     agent._count_unknown_drops()
     assert _metric(agent, "unknown_endpoint_drops_total") == 5
