@@ -146,7 +146,9 @@ class FakeKernel:
 def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The agent's clock, set by the test (``now[0] += seconds``)."""
     clock = [100.0]
-    monkeypatch.setattr(agent_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(
+        agent_module, "time", SimpleNamespace(monotonic=lambda: clock[0], thread_time=lambda: 0.0)
+    )
     return clock
 
 
