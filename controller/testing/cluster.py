@@ -841,10 +841,9 @@ class Cluster:
         for pid in _pids():
             if _ns_id(f"/proc/{pid}/ns/net") in ns_ids:
                 pids.add(pid)
-        for cgroup in cgroups:
-            for procs in cgroup.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError, ValueError):
-                    pids.update(int(p) for p in procs.read_text().split())
+        for directory in _cgroup_dirs(cgroups):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
         pids.discard(os.getpid())
         return {p for p in pids if (s := _proc_state(p)) is not None and s[0] != "Z"}
 
@@ -891,7 +890,7 @@ class Cluster:
     def _remove_cgroups(cgroups: Sequence[Path]) -> None:
         """rmdir every cgroup below the node roots, deepest first (a v1 cgroup with children
         cannot be removed; a just-killed task may keep it busy for a moment)."""
-        dirs = [str(d) for root in cgroups for d in (root, *root.rglob("*")) if d.is_dir()]
+        dirs = [str(d) for d in _cgroup_dirs(cgroups)]
         for directory in cfg.deepest_first(dirs):
             for attempt in range(50):
                 try:
@@ -948,6 +947,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
     sub.add_parser("stop", help="tear down (idempotent, also after a crash)")
     return parser
+
+
+def _cgroup_dirs(roots: Sequence[Path]) -> list[Path]:
+    """Every directory below (and including) ``roots`` that exists now. Cgroups vanish while
+    they are walked (the kubelet and runc remove pods' as their tasks die): ``os.walk`` skips
+    a directory gone meanwhile, where ``Path.rglob`` raised FileNotFoundError mid-teardown."""
+    return [Path(d) for root in roots for d, _, _ in os.walk(root)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
